@@ -1,0 +1,223 @@
+"""The compiled configuration model: plain data the core is built from.
+
+`fastproxy.config.compile` turns an Envoy v3 Bootstrap (protobuf) into these classes; the
+compiled core (`fastproxy._core`) builds its tables from them and never sees protobuf.  Every
+default here is Envoy's default for the field it mirrors; durations are milliseconds, with 0
+meaning "disabled" where Envoy treats a zero duration that way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# HeaderValueOption.append_action, numbered as Envoy's enum.
+APPEND_IF_EXISTS_OR_ADD = 0
+ADD_IF_ABSENT = 1
+OVERWRITE_IF_EXISTS_OR_ADD = 2
+OVERWRITE_IF_EXISTS = 3
+
+
+@dataclass(frozen=True)
+class SocketAddress:
+    address: str
+    port: int
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.address
+
+
+@dataclass(frozen=True)
+class HeaderValueOption:
+    """One header to add: `key` is lower-cased; `value` is a literal (format strings refused)."""
+
+    key: str
+    value: str
+    append_action: int = APPEND_IF_EXISTS_OR_ADD
+    keep_empty_value: bool = False
+
+
+@dataclass
+class HeaderMutations:
+    """Header changes at one level (route config, virtual host, route or weighted cluster)."""
+
+    request_add: list[HeaderValueOption] = field(default_factory=list)
+    request_remove: list[str] = field(default_factory=list)  # lower-cased names
+    response_add: list[HeaderValueOption] = field(default_factory=list)
+    response_remove: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StringMatcher:
+    """envoy.type.matcher.v3.StringMatcher; kind is exact|prefix|suffix|contains|regex."""
+
+    kind: str
+    value: str
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderMatcher:
+    """route.v3.HeaderMatcher, normalised: exactly one of `matcher` or `present` is set.
+
+    Legacy fields (exact_match, prefix_match, ...) become a StringMatcher; `present_match`
+    becomes present=True/False.
+    """
+
+    name: str  # lower-cased
+    matcher: Optional[StringMatcher] = None
+    present: Optional[bool] = None
+    invert: bool = False
+    treat_missing_header_as_empty: bool = False
+
+
+@dataclass(frozen=True)
+class QueryParameterMatcher:
+    name: str
+    matcher: Optional[StringMatcher] = None
+    present: bool = False  # present_match
+
+
+@dataclass
+class RouteMatch:
+    """route.v3.RouteMatch; kind is prefix|path|safe_regex|path_separated_prefix."""
+
+    kind: str
+    value: str
+    case_sensitive: bool = True
+    headers: list[HeaderMatcher] = field(default_factory=list)
+    query_parameters: list[QueryParameterMatcher] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RegexRewrite:
+    pattern: str  # RE2 syntax as Envoy takes it
+    substitution: str
+
+
+@dataclass
+class WeightedCluster:
+    name: str
+    weight: int
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+    host_rewrite_literal: Optional[str] = None
+
+
+@dataclass
+class RouteAction:
+    # exactly one of cluster / cluster_header / weighted_clusters
+    cluster: Optional[str] = None
+    cluster_header: Optional[str] = None  # lower-cased header name
+    weighted_clusters: Optional[list[WeightedCluster]] = None
+    prefix_rewrite: Optional[str] = None
+    regex_rewrite: Optional[RegexRewrite] = None
+    host_rewrite_literal: Optional[str] = None
+    auto_host_rewrite: bool = False
+    timeout_ms: int = 15000  # route.timeout; 0 disables
+
+
+@dataclass
+class RedirectAction:
+    scheme_redirect: Optional[str] = None  # https_redirect sets "https"
+    host_redirect: Optional[str] = None
+    port_redirect: int = 0
+    path_redirect: Optional[str] = None
+    prefix_rewrite: Optional[str] = None
+    regex_rewrite: Optional[RegexRewrite] = None
+    response_code: int = 301  # the HTTP status, already mapped from Envoy's enum
+    strip_query: bool = False
+
+
+@dataclass
+class DirectResponse:
+    status: int
+    body: Optional[bytes] = None
+
+
+@dataclass
+class Route:
+    match: RouteMatch
+    name: str = ""
+    route: Optional[RouteAction] = None
+    redirect: Optional[RedirectAction] = None
+    direct_response: Optional[DirectResponse] = None
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+
+
+@dataclass
+class VirtualHost:
+    name: str
+    domains: list[str]
+    routes: list[Route] = field(default_factory=list)
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+
+
+@dataclass
+class RouteConfiguration:
+    name: str = ""
+    virtual_hosts: list[VirtualHost] = field(default_factory=list)
+    headers: HeaderMutations = field(default_factory=HeaderMutations)
+
+
+@dataclass
+class HttpConnectionManager:
+    stat_prefix: str
+    route_config: RouteConfiguration
+    codec_type: str = "AUTO"  # AUTO or HTTP1 in this release
+    idle_timeout_ms: int = 3_600_000  # common_http_protocol_options.idle_timeout (1 h)
+    max_request_headers_kb: int = 60
+    stream_idle_timeout_ms: int = 300_000  # 5 min
+    request_timeout_ms: int = 0  # disabled
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = 0
+    generate_request_id: bool = True
+    server_name: str = "envoy"
+
+
+@dataclass
+class Listener:
+    name: str
+    address: SocketAddress
+    hcm: HttpConnectionManager
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: SocketAddress  # for DNS clusters, address is the hostname to resolve
+    weight: int = 1  # load_balancing_weight
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class TcpKeepalive:
+    probes: Optional[int] = None
+    time_s: Optional[int] = None
+    interval_s: Optional[int] = None
+
+
+@dataclass
+class Cluster:
+    name: str
+    type: str = "STATIC"  # STATIC | STRICT_DNS | LOGICAL_DNS
+    lb_policy: str = "ROUND_ROBIN"  # ROUND_ROBIN | LEAST_REQUEST | RANDOM
+    connect_timeout_ms: int = 5000
+    endpoints: list[Endpoint] = field(default_factory=list)
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    tcp_keepalive: Optional[TcpKeepalive] = None
+    dns_lookup_family: str = "AUTO"  # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
+    dns_refresh_rate_ms: int = 5000
+
+
+@dataclass
+class Admin:
+    address: SocketAddress
+
+
+@dataclass
+class Bootstrap:
+    listeners: list[Listener] = field(default_factory=list)
+    clusters: list[Cluster] = field(default_factory=list)
+    admin: Optional[Admin] = None
+    node_id: str = ""
+    node_cluster: str = ""

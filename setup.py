@@ -1,0 +1,53 @@
+"""Build the compiled core: Cython extensions over csrc/ and the cffi (API mode) module.
+
+System libraries (Debian): libh2o-evloop-dev (exports picohttpparser's phr_* functions).
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTPROXY_DEBUG") == "1"
+CFLAGS = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O2"]
+HTTP_LIBS = ["h2o-evloop"]
+
+
+def core(name, sources=(), libraries=()):
+    return Extension(
+        f"fastproxy._core.{name}",
+        [f"fastproxy/_core/{name}.pyx", *sources],
+        include_dirs=["csrc"],
+        libraries=list(libraries),
+        extra_compile_args=CFLAGS,
+    )
+
+
+extensions = [
+    core("http1", libraries=HTTP_LIBS),
+    core("router", libraries=HTTP_LIBS),
+    core("lb", sources=["csrc/fp_lb.c"]),
+    core("stats"),
+    core("connection", libraries=HTTP_LIBS),
+]
+
+# FASTPROXY_ONLY=http1,router builds just those extensions (and skips the cffi module):
+# handy while working on one module of the core.
+ONLY = [m for m in os.environ.get("FASTPROXY_ONLY", "").split(",") if m]
+if ONLY:
+    extensions = [e for e in extensions if e.name.rsplit(".", 1)[1] in ONLY]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "initializedcheck": DEBUG,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        annotate=os.environ.get("FASTPROXY_ANNOTATE") == "1",
+    ),
+    cffi_modules=[] if ONLY else ["fastproxy/_cffi_build.py:ffibuilder"],
+)
