@@ -1,0 +1,162 @@
+# Connections of one worker: downstream HTTP/1.1 connections (uvloop protocols), the stream that
+# carries one request through the router, upstream connections and their per-host keep-alive pool.
+
+from libc.stdint cimport int64_t, uint64_t
+from fastproxy._core.http1 cimport RequestHead, ResponseHead, BodyDecoder
+from fastproxy._core.router cimport RouteTable, RouteDecision
+from fastproxy._core.lb cimport LoadBalancer
+from fastproxy._core.stats cimport StatsSlot
+
+cdef struct OutBuf:
+    char *data
+    size_t length
+    size_t capacity
+
+
+cdef class ListenerRuntime:
+    cdef Worker worker
+    cdef object model
+    cdef RouteTable routes
+    cdef int listener_base
+    cdef int http_base
+    cdef size_t max_header_bytes
+    cdef bint use_remote_address
+    cdef int xff_num_trusted_hops
+    cdef bint generate_request_id
+    cdef double idle_timeout
+    cdef double stream_idle_timeout
+    cdef double request_timeout
+    cdef size_t buffer_limit
+    cdef bytes server_name
+    cdef object server
+
+
+cdef class ClusterRuntime:
+    cdef Worker worker
+    cdef readonly str name
+    cdef object model
+    cdef LoadBalancer lb
+    cdef list hosts            # list of (address, port) for each LB host index
+    cdef list host_authority   # bytes "addr:port" per host, for auto_host_rewrite
+    cdef list idle             # per host: list of idle UpstreamConnection (LIFO)
+    cdef int base              # stats block base
+    cdef double connect_timeout
+    cdef size_t buffer_limit
+    cdef object keepalive
+    cdef object dns_task
+
+    cdef UpstreamConnection get_connection(self, int host)
+    cdef void release(self, UpstreamConnection c)
+
+
+cdef class Stream:
+    cdef DownstreamConnection downstream
+    cdef UpstreamConnection upstream
+    cdef ClusterRuntime cluster
+    cdef RouteDecision decision
+    cdef int host
+    cdef bint keep_alive
+    cdef bint is_head
+    cdef bint request_complete
+    cdef bint response_started
+    cdef bint response_complete
+    cdef bint upgrade
+    cdef bint downstream_chunked    # re-framing the response as chunked for the client
+    cdef int status
+    cdef double start_time
+    cdef object timer
+    cdef list pending_writes        # upstream writes queued while connecting
+    cdef int64_t request_remaining  # request body bytes still to forward (content-length)
+    cdef bint request_chunked
+
+    cdef void reset(self)
+
+
+cdef class DownstreamConnection:
+    cdef ListenerRuntime listener
+    cdef Worker worker
+    cdef object transport
+    cdef object write
+    cdef bytearray buf               # unparsed input (partial head, pipelined requests, body)
+    cdef int state
+    cdef Stream stream
+    cdef BodyDecoder body
+    cdef bytes remote_ip
+    cdef bint closing
+    cdef bint read_paused
+    cdef bint write_paused
+    cdef double last_activity
+    cdef int minor_version
+
+    cdef int _process(self) except -1
+    cdef void _codec_error(self, int rc)
+    cdef int _on_request_head(self, const char *data, size_t length, int head_len) except -1
+    cdef void _consume(self, Py_ssize_t n)
+    cdef bytes _serialize_request(self, RequestHead *head, RouteDecision d,
+                                  ClusterRuntime cluster, int host)
+    cdef bytes _remote_ip(self)
+    cdef int _on_request_body(self) except -1
+    cdef void _request_complete(self)
+    cdef int _forward_upstream(self, object data) except -1
+    cdef void _upstream_failed(self, int status, bytes body)
+    cdef void _stream_stats_end(self, int status)
+    cdef int _local_reply(self, int status, bytes body, bint close, list extra,
+                          tuple ops=*) except -1
+    cdef void _write(self, bytes data)
+    cdef int _finish_stream(self) except -1
+    cdef void _abort_stream(self)
+    cdef void _close(self)
+
+
+cdef class UpstreamConnection:
+    cdef ClusterRuntime cluster
+    cdef int host
+    cdef object transport
+    cdef object write
+    cdef Stream stream
+    cdef bytearray buf
+    cdef int state
+    cdef BodyDecoder body
+    cdef bint keep_alive
+    cdef bint connected
+    cdef bint closed
+    cdef object connect_timer
+    cdef int64_t requests
+    cdef readonly object address
+    cdef double last_activity
+
+    cdef void start_connect(self)
+    cdef void _connect_failed(self, str reason)
+    cdef void attach(self, Stream s)
+    cdef void send(self, object data)
+    cdef int _on_response_head(self, const char *data, size_t length, int head_len) except -1
+    cdef int _on_response_body(self, object data) except -1
+    cdef void _finish_body_eof(self)
+    cdef int _response_done(self) except -1
+    cdef void _fail(self, str reason)
+    cdef void _close_transport(self)
+
+
+cdef class Worker:
+    cdef object loop
+    cdef object bootstrap
+    cdef object layout
+    cdef StatsSlot stats
+    cdef int64_t *values
+    cdef dict clusters
+    cdef list listeners
+    cdef list ports
+    cdef set connections
+    cdef RequestHead *req_head
+    cdef ResponseHead *resp_head
+    cdef OutBuf out
+    cdef uint64_t rng[2]
+    cdef bint draining
+    cdef object sweeper
+    cdef bytes date_value
+    cdef double date_time
+
+    cdef uint64_t random(self) noexcept
+    cdef void put_uuid4(self, OutBuf *b) except *
+    cdef bytes date(self)
+    cdef double _sweep_interval_c(self)

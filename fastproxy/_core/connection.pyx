@@ -1,0 +1,1470 @@
+"""One worker's data plane: HTTP/1.1 downstream connections, streams, upstream pool.
+
+A downstream connection owns an input buffer and at most one active stream (HTTP/1 answers in
+order, so pipelined requests wait, unparsed, in the buffer).  A request head is parsed in place
+(http1), routed (router), a host picked (lb), and the upstream head is serialised into the worker's
+scratch buffer in one pass; the only per-request Python objects on the common path are the bytes
+written to each transport.  Bodies stream chunk by chunk; each side pauses the other's reading
+when its write buffer passes the per-connection buffer limit.
+
+Design notes: docs/architecture.md.
+"""
+import asyncio
+import socket
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from fastproxy._core.includes.picohttpparser cimport phr_header
+from fastproxy._core.http1 cimport (
+    RequestHead, ResponseHead, BodyDecoder, parse_request_head, parse_response_head,
+    body_decoder_init, body_decode, is_hop_by_hop, name_eq,
+    PARSE_INCOMPLETE, PARSE_ERROR, PARSE_TOO_LARGE, PARSE_NOT_IMPLEMENTED, PARSE_TOO_MANY_HEADERS,
+    BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_EOF,
+)
+from fastproxy._core.router cimport (
+    RouteTable, RouteDecision, HeaderOps,
+    ACTION_NONE, ACTION_ROUTE, ACTION_REDIRECT, ACTION_DIRECT_RESPONSE, ACTION_NO_CLUSTER,
+)
+from fastproxy._core.lb cimport LoadBalancer
+from fastproxy._core.stats cimport *
+
+from email.utils import formatdate
+from fastproxy._core.router import RouteTable as _RouteTable
+from fastproxy._core.lb import LoadBalancer as _LoadBalancer
+from fastproxy._core.stats import StatsSlot as _StatsSlot
+
+# Downstream states
+cdef enum:
+    S_HEAD = 0      # waiting for a request head
+    S_BODY = 1      # forwarding the request body
+    S_WAIT = 2      # request complete, response in progress; input waits in the buffer
+    S_TUNNEL = 3    # upgraded: bytes pass both ways untouched
+    S_CLOSED = 4
+
+# Upstream states
+cdef enum:
+    U_CONNECTING = 0
+    U_IDLE = 1
+    U_HEAD = 2
+    U_BODY = 3
+    U_TUNNEL = 4
+    U_CLOSED = 5
+
+cdef bytes CRLF = b"\r\n"
+cdef bytes LAST_CHUNK = b"0\r\n\r\n"
+cdef bytes CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Envoy's reason phrases (CodeUtility::toString).
+REASONS = {
+    100: "Continue", 101: "Switching Protocols", 102: "Processing", 103: "Early Hints",
+    200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
+    204: "No Content", 205: "Reset Content", 206: "Partial Content", 207: "Multi-Status",
+    208: "Already Reported", 226: "IM Used",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    304: "Not Modified", 305: "Use Proxy", 307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    411: "Length Required", 412: "Precondition Failed", 413: "Payload Too Large",
+    414: "URI Too Long", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    417: "Expectation Failed", 421: "Misdirected Request", 422: "Unprocessable Entity",
+    423: "Locked", 424: "Failed Dependency", 425: "Too Early", 426: "Upgrade Required",
+    428: "Precondition Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    506: "Variant Also Negotiates", 507: "Insufficient Storage", 508: "Loop Detected",
+    510: "Not Extended", 511: "Network Authentication Required",
+}
+# Pre-built status lines, indexed by status code.
+cdef list STATUS_LINES = [None] * 1000
+for _code in range(100, 1000):
+    STATUS_LINES[_code] = ("HTTP/1.1 %d %s\r\n" % (_code, REASONS.get(_code, "Unknown"))).encode()
+
+# Local reply bodies (Envoy's texts).
+cdef bytes BODY_BAD_REQUEST = b"Bad Request"
+cdef bytes BODY_UPGRADE_REQUIRED = b"Upgrade Required"
+cdef bytes BODY_TOO_LARGE = b"Request Header Fields Too Large"
+cdef bytes BODY_NOT_IMPLEMENTED = b"Not Implemented"
+cdef bytes BODY_NO_HEALTHY = b"no healthy upstream"
+cdef bytes BODY_TIMEOUT = b"upstream request timeout"
+cdef bytes BODY_CONNECT_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
+cdef bytes BODY_STREAM_TIMEOUT = b"stream timeout"
+cdef bytes BODY_REQUEST_TIMEOUT = b"request timeout"
+cdef bytes BODY_PAYLOAD_TOO_LARGE = b"Payload Too Large"
+
+
+cdef inline double now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# Output buffer: the upstream request head and downstream response head are built here.
+
+cdef int ob_reserve(OutBuf *b, size_t extra) except -1:
+    cdef size_t need = b.length + extra
+    cdef size_t cap
+    cdef char *p
+    if need <= b.capacity:
+        return 0
+    cap = b.capacity * 2 if b.capacity else 4096
+    while cap < need:
+        cap *= 2
+    p = <char *>realloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.capacity = cap
+    return 0
+
+
+cdef inline int ob_put(OutBuf *b, const char *s, size_t n) except -1:
+    if b.length + n > b.capacity:
+        ob_reserve(b, n)
+    memcpy(b.data + b.length, s, n)
+    b.length += n
+    return 0
+
+
+cdef inline int ob_put_bytes(OutBuf *b, bytes s) except -1:
+    return ob_put(b, PyBytes_AS_STRING(s), <size_t>PyBytes_GET_SIZE(s))
+
+
+cdef inline int ob_put_lower(OutBuf *b, const char *s, size_t n) except -1:
+    cdef size_t i
+    cdef char c
+    if b.length + n > b.capacity:
+        ob_reserve(b, n)
+    for i in range(n):
+        c = s[i]
+        if c >= 65 and c <= 90:
+            c = c + 32
+        b.data[b.length + i] = c
+    b.length += n
+    return 0
+
+
+cdef inline int ob_put_int(OutBuf *b, int64_t v) except -1:
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef bint neg = v < 0
+    if neg:
+        v = -v
+    if v == 0:
+        i -= 1
+        tmp[i] = 48
+    while v > 0:
+        i -= 1
+        tmp[i] = 48 + <char>(v % 10)
+        v //= 10
+    if neg:
+        i -= 1
+        tmp[i] = 45
+    return ob_put(b, tmp + i, 24 - i)
+
+
+cdef inline int ob_put_hex(OutBuf *b, uint64_t v) except -1:
+    cdef char tmp[20]
+    cdef int i = 20
+    cdef const char *digits = b"0123456789abcdef"
+    if v == 0:
+        i -= 1
+        tmp[i] = 48
+    while v > 0:
+        i -= 1
+        tmp[i] = digits[v & 15]
+        v >>= 4
+    return ob_put(b, tmp + i, 20 - i)
+
+
+cdef inline bytes ob_take(OutBuf *b):
+    cdef bytes out = PyBytes_FromStringAndSize(b.data, b.length)
+    b.length = 0
+    return out
+
+
+cdef inline bint lit_eq(const char *name, size_t n, const char *lower, size_t m) noexcept nogil:
+    return name_eq(name, n, lower, m)
+
+
+cdef bytes chunk_frame(const char *data, size_t n):
+    """One chunk of a chunked body: size line, data, CRLF."""
+    cdef OutBuf b
+    b.data = NULL
+    b.length = 0
+    b.capacity = 0
+    try:
+        ob_reserve(&b, n + 24)
+        ob_put_hex(&b, n)
+        ob_put(&b, b"\r\n", 2)
+        ob_put(&b, data, n)
+        ob_put(&b, b"\r\n", 2)
+        return PyBytes_FromStringAndSize(b.data, b.length)
+    finally:
+        free(b.data)
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef class ListenerRuntime:
+    def __init__(self, Worker worker, model, int listener_base, int http_base):
+        hcm = model.hcm
+        self.worker = worker
+        self.model = model
+        self.routes = _RouteTable(hcm.route_config)
+        self.listener_base = listener_base
+        self.http_base = http_base
+        self.max_header_bytes = hcm.max_request_headers_kb * 1024
+        self.use_remote_address = hcm.use_remote_address
+        self.xff_num_trusted_hops = hcm.xff_num_trusted_hops
+        self.generate_request_id = hcm.generate_request_id
+        self.idle_timeout = hcm.idle_timeout_ms / 1000.0
+        self.stream_idle_timeout = hcm.stream_idle_timeout_ms / 1000.0
+        self.request_timeout = hcm.request_timeout_ms / 1000.0
+        self.buffer_limit = model.per_connection_buffer_limit_bytes
+        self.server_name = hcm.server_name.encode()
+        self.server = None
+
+    def protocol_factory(self):
+        return DownstreamConnection(self)
+
+
+cdef class ClusterRuntime:
+    def __init__(self, Worker worker, model, int base):
+        self.worker = worker
+        self.name = model.name
+        self.model = model
+        self.base = base
+        self.connect_timeout = model.connect_timeout_ms / 1000.0
+        self.buffer_limit = model.per_connection_buffer_limit_bytes
+        self.keepalive = model.tcp_keepalive
+        self.dns_task = None
+        self.hosts = []
+        self.host_authority = []
+        self.idle = []
+        self.lb = None
+
+    async def resolve_initial(self):
+        """Fill the host set: STATIC from the config, DNS clusters by resolving (and refreshing)."""
+        m = self.model
+        if m.type == "STATIC":
+            self.set_hosts([(e.address.address, e.address.port) for e in m.endpoints],
+                           [e.weight for e in m.endpoints], [e.priority for e in m.endpoints])
+            return
+        await self._resolve()
+        self.dns_task = self.worker.loop.create_task(self._refresh_loop())
+
+    async def _refresh_loop(self):
+        while True:
+            await asyncio.sleep(max(self.model.dns_refresh_rate_ms, 1) / 1000.0)
+            try:
+                await self._resolve()
+            except Exception:
+                pass  # keep the last good host set, as Envoy does on a failed refresh
+
+    async def _resolve(self):
+        m = self.model
+        loop = self.worker.loop
+        family = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}.get(
+            m.dns_lookup_family, socket.AF_UNSPEC)
+        hosts, weights, priorities = [], [], []
+        for e in m.endpoints:
+            try:
+                infos = await loop.getaddrinfo(e.address.address, e.address.port, family=family,
+                                               type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []
+            addrs = []
+            for fam, _, _, _, sa in infos:
+                if (sa[0], sa[1]) not in addrs:
+                    addrs.append((sa[0], sa[1]))
+            if m.dns_lookup_family in ("AUTO", "V4_PREFERRED"):
+                v4 = [a for a in addrs if ":" not in a[0]]
+                if m.dns_lookup_family == "V4_PREFERRED" and v4:
+                    addrs = v4
+                elif m.dns_lookup_family == "AUTO":
+                    v6 = [a for a in addrs if ":" in a[0]]
+                    addrs = v6 or v4
+            if m.type == "LOGICAL_DNS":
+                addrs = addrs[:1]
+            for a in addrs:
+                hosts.append(a)
+                weights.append(e.weight)
+                priorities.append(e.priority)
+            if m.type == "LOGICAL_DNS":
+                break
+        self.set_hosts(hosts, weights, priorities)
+
+    def set_hosts(self, list hosts, list weights, list priorities):
+        """Install a new host set (start-up, DNS refresh); idle connections to gone hosts close."""
+        cdef list old_idle = self.idle
+        old_hosts = self.hosts
+        keep = {}
+        for i, h in enumerate(old_hosts):
+            keep[h] = old_idle[i]
+        self.hosts = list(hosts)
+        self.host_authority = [
+            (("[%s]:%d" if ":" in a else "%s:%d") % (a, p)).encode() for a, p in hosts]
+        self.idle = [keep.pop(h, []) for h in hosts]
+        for conns in keep.values():
+            for c in conns:
+                (<UpstreamConnection>c)._close_transport()
+        changed = old_hosts != self.hosts
+        if hosts:
+            self.lb = _LoadBalancer(self.model.lb_policy, weights, priorities,
+                                    self.worker.random())
+        else:
+            self.lb = None
+        v = self.worker.values
+        v[self.base + CLUSTER_MEMBERSHIP_TOTAL] = len(hosts)
+        v[self.base + CLUSTER_MEMBERSHIP_HEALTHY] = len(hosts)
+        if changed and old_hosts:
+            v[self.base + CLUSTER_MEMBERSHIP_CHANGE] += 1
+
+    cdef UpstreamConnection get_connection(self, int host):
+        cdef list idle = <list>self.idle[host]
+        cdef UpstreamConnection c
+        while idle:
+            c = <UpstreamConnection>idle.pop()
+            if not c.closed:
+                return c
+        c = UpstreamConnection(self, host)
+        c.start_connect()
+        return c
+
+    cdef void release(self, UpstreamConnection c):
+        if c.closed or c.host >= len(self.idle) or self.hosts[c.host] != c.address:
+            c._close_transport()
+            return
+        c.state = U_IDLE
+        c.stream = None
+        (<list>self.idle[c.host]).append(c)
+
+
+cdef class Stream:
+    def __cinit__(self):
+        self.pending_writes = None
+        self.timer = None
+
+    cdef void reset(self):
+        self.upstream = None
+        self.cluster = None
+        self.host = -1
+        self.request_complete = False
+        self.response_started = False
+        self.response_complete = False
+        self.upgrade = False
+        self.downstream_chunked = False
+        self.status = 0
+        self.timer = None
+        self.pending_writes = None
+        self.request_remaining = 0
+        self.request_chunked = False
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef class DownstreamConnection:
+    def __init__(self, ListenerRuntime listener):
+        self.listener = listener
+        self.worker = listener.worker
+        self.buf = bytearray()
+        self.state = S_HEAD
+        self.stream = Stream()
+        self.stream.downstream = self
+        self.stream.decision = RouteDecision()
+        self.closing = False
+        self.read_paused = False
+        self.write_paused = False
+        self.remote_ip = None
+        self.transport = None
+
+    # -- asyncio protocol -----------------------------------------------------------------------
+    def connection_made(self, transport):
+        cdef ListenerRuntime lr = self.listener
+        cdef int64_t *v = self.worker.values
+        self.transport = transport
+        self.write = transport.write
+        self.last_activity = now()
+        transport.set_write_buffer_limits(high=lr.buffer_limit)
+        self.worker.connections.add(self)
+        v[lr.listener_base + LISTENER_DOWNSTREAM_CX_TOTAL] += 1
+        v[lr.listener_base + LISTENER_DOWNSTREAM_CX_ACTIVE] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_TOTAL] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_ACTIVE] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP1_TOTAL] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP1_ACTIVE] += 1
+
+    def data_received(self, bytes data):
+        cdef Stream s = self.stream
+        cdef size_t n = PyBytes_GET_SIZE(data)
+        self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_RX_BYTES_TOTAL] += n
+        self.last_activity = now()
+        if self.state == S_TUNNEL:
+            self._forward_upstream(data)
+            return
+        if self.state == S_CLOSED:
+            return
+        if (self.state == S_BODY and not s.request_chunked and PyByteArray_GET_SIZE(self.buf) == 0
+                and <int64_t>n <= s.request_remaining):
+            # Body bytes straight through, no copy into the buffer.
+            s.request_remaining -= n
+            self._forward_upstream(data)
+            if s.request_remaining == 0:
+                self._request_complete()
+            return
+        self.buf += data
+        self._process()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        cdef ListenerRuntime lr = self.listener
+        cdef int64_t *v = self.worker.values
+        cdef Stream s = self.stream
+        cdef bint active = self.state in (S_BODY, S_WAIT, S_TUNNEL) and not s.response_complete
+        self.worker.connections.discard(self)
+        v[lr.listener_base + LISTENER_DOWNSTREAM_CX_ACTIVE] -= 1
+        v[lr.listener_base + LISTENER_DOWNSTREAM_CX_DESTROY] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_ACTIVE] -= 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP1_ACTIVE] -= 1
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_DESTROY] += 1
+        if self.closing:
+            v[lr.http_base + HTTP_DOWNSTREAM_CX_DESTROY_LOCAL] += 1
+        else:
+            v[lr.http_base + HTTP_DOWNSTREAM_CX_DESTROY_REMOTE] += 1
+        if active:
+            v[lr.http_base + HTTP_DOWNSTREAM_CX_DESTROY_ACTIVE_RQ] += 1
+        if s.upgrade and self.state == S_TUNNEL:
+            v[lr.http_base + HTTP_DOWNSTREAM_CX_UPGRADES_ACTIVE] -= 1
+        self.state = S_CLOSED
+        if active:
+            self._abort_stream()
+        self.transport = None
+        self.write = None
+
+    def pause_writing(self):
+        self.write_paused = True
+        cdef UpstreamConnection up = self.stream.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self):
+        self.write_paused = False
+        cdef UpstreamConnection up = self.stream.upstream
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    # -- request path ---------------------------------------------------------------------------
+    cdef int _process(self) except -1:
+        cdef ListenerRuntime lr = self.listener
+        cdef RequestHead *head = self.worker.req_head
+        cdef Py_ssize_t n
+        cdef int rc
+        while self.transport is not None:
+            if self.state == S_HEAD:
+                n = PyByteArray_GET_SIZE(self.buf)
+                if n == 0:
+                    return 0
+                rc = parse_request_head(PyByteArray_AS_STRING(self.buf), n, lr.max_header_bytes, head)
+                if rc == PARSE_INCOMPLETE:
+                    return 0
+                if rc < 0:
+                    self._codec_error(rc)
+                    return 0
+                self._on_request_head(PyByteArray_AS_STRING(self.buf), n, rc)
+            elif self.state == S_BODY:
+                if PyByteArray_GET_SIZE(self.buf) == 0:
+                    return 0
+                self._on_request_body()
+                if self.state == S_BODY:
+                    return 0
+            elif self.state == S_WAIT:
+                # A pipelined request waits for the current response; bound what we hold.
+                if <size_t>PyByteArray_GET_SIZE(self.buf) > lr.buffer_limit and not self.read_paused:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+                return 0
+            else:
+                return 0
+        return 0
+
+    cdef void _codec_error(self, int rc):
+        cdef ListenerRuntime lr = self.listener
+        cdef int64_t *v = self.worker.values
+        v[lr.http_base + HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_TOTAL] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_HTTP1_TOTAL] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] += 1
+        self.stream.reset()
+        self.state = S_WAIT
+        if rc == PARSE_TOO_LARGE or rc == PARSE_TOO_MANY_HEADERS:
+            v[lr.http_base + HTTP_DOWNSTREAM_RQ_TOO_LARGE] += 1
+            self._local_reply(431, BODY_TOO_LARGE, True, None)
+        elif rc == PARSE_NOT_IMPLEMENTED:
+            self._local_reply(501, BODY_NOT_IMPLEMENTED, True, None)
+        else:
+            self._local_reply(400, BODY_BAD_REQUEST, True, None)
+
+    cdef int _on_request_head(self, const char *data, size_t length, int head_len) except -1:
+        cdef ListenerRuntime lr = self.listener
+        cdef Worker w = self.worker
+        cdef int64_t *v = w.values
+        cdef RequestHead *head = w.req_head
+        cdef Stream s = self.stream
+        cdef RouteDecision d = s.decision
+        cdef int action
+        cdef ClusterRuntime cluster
+        cdef UpstreamConnection up
+        cdef int host
+        cdef bytes out
+
+        s.reset()
+        s.start_time = now()
+        s.is_head = head.is_head
+        s.keep_alive = head.keep_alive and not self.closing
+        self.minor_version = head.minor_version
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_TOTAL] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_HTTP1_TOTAL] += 1
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] += 1
+
+        if head.minor_version == 0:
+            # Envoy refuses HTTP/1.0 unless http_protocol_options.accept_http_10 is set.
+            self._consume(head_len)
+            self.state = S_WAIT
+            return self._local_reply(426, BODY_UPGRADE_REQUIRED, True, None)
+        if head.host_index < 0:
+            self._consume(head_len)
+            self.state = S_WAIT
+            return self._local_reply(400, None, True, None)
+        if head.upgrade or head.is_connect:
+            # Upgrades are tunnelled only when the connection manager lists them (upgrade_configs);
+            # none is configurable yet, so Envoy's answer for an unconfigured upgrade applies.
+            self._consume(head_len)
+            self.state = S_WAIT
+            return self._local_reply(403, None, head.body_kind != BODY_NONE, None)
+
+        v[lr.http_base + HTTP_RQ_TOTAL] += 1
+        action = lr.routes.route(head, d, False, w.random())
+        if action != ACTION_ROUTE:
+            self._consume(head_len)
+            self.state = S_WAIT
+            if action == ACTION_NONE:
+                v[lr.http_base + HTTP_NO_ROUTE] += 1
+                return self._local_reply(404, None, head.body_kind != BODY_NONE, None)
+            if action == ACTION_DIRECT_RESPONSE:
+                v[lr.http_base + HTTP_RQ_DIRECT_RESPONSE] += 1
+                return self._local_reply(d.status, d.body if d.body else None,
+                                         head.body_kind != BODY_NONE, None, d.response_ops)
+            if action == ACTION_REDIRECT:
+                v[lr.http_base + HTTP_RQ_REDIRECT] += 1
+                return self._local_reply(d.status, None, head.body_kind != BODY_NONE,
+                                         [(b"location", d.location)], d.response_ops)
+            v[lr.http_base + HTTP_NO_CLUSTER] += 1
+            return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
+
+        cluster = w.clusters.get(d.cluster)
+        if cluster is None:
+            self._consume(head_len)
+            self.state = S_WAIT
+            v[lr.http_base + HTTP_NO_CLUSTER] += 1
+            return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
+        host = cluster.lb.pick() if cluster.lb is not None else -1
+        if host < 0:
+            self._consume(head_len)
+            self.state = S_WAIT
+            v[cluster.base + CLUSTER_UPSTREAM_CX_NONE_HEALTHY] += 1
+            return self._local_reply(503, BODY_NO_HEALTHY, head.body_kind != BODY_NONE, None)
+
+        s.cluster = cluster
+        s.host = host
+        cluster.lb.request_started(host)
+        v[cluster.base + CLUSTER_UPSTREAM_RQ_TOTAL] += 1
+        v[cluster.base + CLUSTER_UPSTREAM_RQ_ACTIVE] += 1
+
+        if head.expect_continue:
+            self.write(CONTINUE_100)
+
+        out = self._serialize_request(head, d, cluster, host)
+        s.request_chunked = head.body_kind == BODY_CHUNKED
+        if head.body_kind == BODY_LENGTH and head.content_length > 0:
+            s.request_remaining = head.content_length
+        elif head.body_kind == BODY_CHUNKED:
+            body_decoder_init(&self.body, BODY_CHUNKED, 0)
+        self._consume(head_len)
+
+        up = cluster.get_connection(host)
+        s.upstream = up
+        up.attach(s)
+        up.send(out)
+        if s.request_remaining > 0 or s.request_chunked:
+            self.state = S_BODY
+        else:
+            self.state = S_WAIT
+            self._request_complete()
+        return 0
+
+    cdef void _consume(self, Py_ssize_t n):
+        del self.buf[:n]
+
+    cdef bytes _serialize_request(self, RequestHead *head, RouteDecision d,
+                                  ClusterRuntime cluster, int host):
+        """The upstream request head: Envoy's header order and additions, names lower-cased."""
+        cdef ListenerRuntime lr = self.listener
+        cdef Worker w = self.worker
+        cdef OutBuf *b = &w.out
+        cdef size_t i
+        cdef const phr_header *h
+        cdef bint seen_xfp = False, seen_rid = False, seen_xff = False
+        cdef bint edge = lr.use_remote_address
+        b.length = 0
+        ob_put(b, head.method, head.method_len)
+        ob_put(b, b" ", 1)
+        if d.path is not None:
+            ob_put_bytes(b, d.path)
+        else:
+            ob_put(b, head.path, head.path_len)
+        ob_put(b, b" HTTP/1.1\r\nhost: ", 17)
+        if d.host is not None:
+            ob_put_bytes(b, d.host)
+        elif d.auto_host_rewrite:
+            ob_put_bytes(b, <bytes>cluster.host_authority[host])
+        else:
+            h = &head.headers[head.host_index]
+            ob_put(b, h.value, h.value_len)
+        ob_put(b, b"\r\n", 2)
+        for i in range(head.num_headers):
+            if <int>i == head.host_index:
+                continue
+            h = &head.headers[i]
+            if is_hop_by_hop(head.headers, head.num_headers, i, False):
+                continue
+            if h.name_len == 6 and lit_eq(h.name, 6, b"expect", 6) and head.expect_continue:
+                continue
+            if h.name_len == 17 and lit_eq(h.name, 17, b"x-forwarded-proto", 17):
+                if edge:
+                    continue
+                seen_xfp = True
+            elif h.name_len == 12 and lit_eq(h.name, 12, b"x-request-id", 12):
+                if edge or h.value_len == 0:
+                    continue
+                seen_rid = True
+            elif h.name_len == 15 and lit_eq(h.name, 15, b"x-forwarded-for", 15) and edge:
+                seen_xff = True
+                ob_put(b, b"x-forwarded-for: ", 17)
+                ob_put(b, h.value, h.value_len)
+                ob_put(b, b",", 1)
+                ob_put_bytes(b, self._remote_ip())
+                ob_put(b, b"\r\n", 2)
+                continue
+            elif h.name_len == 30 and lit_eq(h.name, 30, b"x-envoy-expected-rq-timeout-ms", 30):
+                continue
+            ob_put_lower(b, h.name, h.name_len)
+            ob_put(b, b": ", 2)
+            ob_put(b, h.value, h.value_len)
+            ob_put(b, b"\r\n", 2)
+        if head.body_kind == BODY_CHUNKED:
+            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+        if edge and not seen_xff:
+            ob_put(b, b"x-forwarded-for: ", 17)
+            ob_put_bytes(b, self._remote_ip())
+            ob_put(b, b"\r\n", 2)
+        if not seen_xfp:
+            ob_put(b, b"x-forwarded-proto: http\r\n", 25)
+        if not seen_rid and lr.generate_request_id:
+            ob_put(b, b"x-request-id: ", 14)
+            w.put_uuid4(b)
+            ob_put(b, b"\r\n", 2)
+        if d.timeout_ms > 0:
+            ob_put(b, b"x-envoy-expected-rq-timeout-ms: ", 32)
+            ob_put_int(b, d.timeout_ms)
+            ob_put(b, b"\r\n", 2)
+        if d.request_ops:
+            return apply_ops_to_head(b, d.request_ops)
+        ob_put(b, b"\r\n", 2)
+        return ob_take(b)
+
+    cdef bytes _remote_ip(self):
+        if self.remote_ip is None:
+            peer = self.transport.get_extra_info("peername")
+            self.remote_ip = (peer[0] if peer else "").encode()
+        return self.remote_ip
+
+    cdef int _on_request_body(self) except -1:
+        cdef Stream s = self.stream
+        cdef Py_ssize_t n = PyByteArray_GET_SIZE(self.buf)
+        cdef size_t length, consumed
+        cdef int rc
+        cdef bytes piece
+        if not s.request_chunked:
+            if n > s.request_remaining:
+                n = s.request_remaining
+            piece = bytes(self.buf[:n])
+            del self.buf[:n]
+            s.request_remaining -= n
+            self._forward_upstream(piece)
+            if s.request_remaining == 0:
+                self._request_complete()
+            return 0
+        length = n
+        rc = body_decode(&self.body, PyByteArray_AS_STRING(self.buf), &length, &consumed)
+        if rc < 0:
+            # A bad chunk: nothing more of this connection can be trusted.
+            self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR] += 1
+            self._abort_stream()
+            self._close()
+            return 0
+        if length > 0:
+            self._forward_upstream(chunk_frame(PyByteArray_AS_STRING(self.buf), length))
+        del self.buf[:consumed]
+        if rc == 1:
+            self._forward_upstream(LAST_CHUNK)
+            self._request_complete()
+        return 0
+
+    cdef void _request_complete(self):
+        cdef Stream s = self.stream
+        s.request_complete = True
+        if self.state == S_BODY:
+            self.state = S_WAIT
+        if s.decision.timeout_ms > 0 and not s.response_complete:
+            s.timer = self.worker.loop.call_later(s.decision.timeout_ms / 1000.0, self._on_timeout)
+
+    def _on_timeout(self):
+        cdef Stream s = self.stream
+        cdef ClusterRuntime c = s.cluster
+        s.timer = None
+        if s.response_complete or c is None:
+            return
+        self.worker.values[c.base + CLUSTER_UPSTREAM_RQ_TIMEOUT] += 1
+        self._upstream_failed(504, BODY_TIMEOUT)
+
+    cdef int _forward_upstream(self, object data) except -1:
+        cdef UpstreamConnection up = self.stream.upstream
+        if up is not None:
+            up.send(data)
+        return 0
+
+    # -- response path (called by the upstream connection) --------------------------------------
+    cdef void _upstream_failed(self, int status, bytes body):
+        """The upstream side of the stream failed: answer locally if we still can, else close."""
+        cdef Stream s = self.stream
+        cdef UpstreamConnection up = s.upstream
+        if up is not None:
+            up.stream = None
+            up._close_transport()
+        if s.response_started:
+            self._stream_stats_end(0)
+            self._close()
+            return
+        self._stream_stats_end(0)
+        s.upstream = None
+        s.cluster = None
+        self._local_reply(status, body, not s.request_complete, None)
+
+    cdef void _stream_stats_end(self, int status):
+        cdef Stream s = self.stream
+        cdef ClusterRuntime c = s.cluster
+        cdef int64_t *v = self.worker.values
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if c is not None:
+            v[c.base + CLUSTER_UPSTREAM_RQ_ACTIVE] -= 1
+            if status:
+                v[c.base + CLUSTER_UPSTREAM_RQ_COMPLETED] += 1
+                v[c.base + CLUSTER_UPSTREAM_RQ_1XX + status // 100 - 1] += 1
+            if c.lb is not None and s.host >= 0 and s.host < c.lb.num_hosts:
+                c.lb.request_finished(s.host)
+            s.cluster = None
+
+    cdef int _local_reply(self, int status, bytes body, bint close, list extra,
+                          tuple ops=None) except -1:
+        """Answer from the proxy itself with Envoy's local-reply layout."""
+        cdef Stream s = self.stream
+        cdef Worker w = self.worker
+        cdef OutBuf *b = &w.out
+        cdef bytes out
+        if self.transport is None:
+            return 0
+        if close or self.closing or not s.keep_alive:
+            close = True
+        b.length = 0
+        ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
+        if body:
+            ob_put(b, b"content-length: ", 16)
+            ob_put_int(b, len(body))
+            ob_put(b, b"\r\ncontent-type: text/plain\r\n", 28)
+        if extra:
+            for name, value in extra:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
+        ob_put(b, b"date: ", 6)
+        ob_put_bytes(b, w.date())
+        ob_put(b, b"\r\nserver: ", 10)
+        ob_put_bytes(b, self.listener.server_name)
+        ob_put(b, b"\r\n", 2)
+        if close:
+            ob_put(b, b"connection: close\r\n", 19)
+        if not body:
+            ob_put(b, b"content-length: 0\r\n", 19)
+        if ops:
+            out = apply_ops_to_head(b, ops)
+        else:
+            ob_put(b, b"\r\n", 2)
+            out = ob_take(b)
+        if body and not s.is_head:
+            out += body
+        s.status = status
+        s.response_started = True
+        self._write(out)
+        if close:
+            s.keep_alive = False
+        self._finish_stream()
+        return 0
+
+    cdef void _write(self, bytes data):
+        self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_TX_BYTES_TOTAL] += \
+            PyBytes_GET_SIZE(data)
+        self.write(data)
+
+    cdef int _finish_stream(self) except -1:
+        """The response is fully written: account, then close or go on with the next request."""
+        cdef ListenerRuntime lr = self.listener
+        cdef int64_t *v = self.worker.values
+        cdef Stream s = self.stream
+        s.response_complete = True
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] -= 1
+        v[lr.http_base + HTTP_DOWNSTREAM_RQ_COMPLETED] += 1
+        if s.status >= 100:
+            v[lr.http_base + HTTP_DOWNSTREAM_RQ_1XX + s.status // 100 - 1] += 1
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if not s.keep_alive or (self.state == S_BODY and not s.request_complete):
+            self._close()
+            return 0
+        self.state = S_HEAD
+        s.upstream = None
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if PyByteArray_GET_SIZE(self.buf):
+            self._process()
+        return 0
+
+    cdef void _abort_stream(self):
+        cdef Stream s = self.stream
+        cdef UpstreamConnection up = s.upstream
+        cdef ListenerRuntime lr = self.listener
+        if up is not None:
+            up.stream = None
+            up._close_transport()
+            s.upstream = None
+        if not s.response_complete and self.state in (S_BODY, S_WAIT, S_TUNNEL):
+            self._stream_stats_end(0)
+            s.response_complete = True
+            self.worker.values[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] -= 1
+            if s.response_started:
+                self.worker.values[lr.http_base + HTTP_RQ_RESET_AFTER_DOWNSTREAM_RESPONSE_STARTED] += 1
+
+    cdef void _close(self):
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self.transport.close()
+        self.closing = True
+
+    def close_if_idle(self):
+        """Drain: close now if no request is in flight, else after the current response."""
+        self.closing = True
+        if self.state == S_HEAD and PyByteArray_GET_SIZE(self.buf) == 0:
+            self._close()
+
+    def sweep(self, double t):
+        """Idle and stream timeouts, checked by the worker's periodic sweep."""
+        cdef ListenerRuntime lr = self.listener
+        cdef int64_t *v = self.worker.values
+        cdef Stream s = self.stream
+        if self.transport is None:
+            return
+        if self.state == S_HEAD:
+            if PyByteArray_GET_SIZE(self.buf) == 0:
+                if lr.idle_timeout > 0 and t - self.last_activity >= lr.idle_timeout:
+                    v[lr.http_base + HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT] += 1
+                    self._close()
+            elif lr.request_timeout > 0 and t - self.last_activity >= lr.request_timeout:
+                v[lr.http_base + HTTP_DOWNSTREAM_RQ_TIMEOUT] += 1
+                self.state = S_WAIT
+                v[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] += 1
+                s.reset()
+                s.keep_alive = False
+                self._local_reply(408, BODY_REQUEST_TIMEOUT, True, None)
+            return
+        if self.state in (S_BODY, S_WAIT) and not s.response_complete:
+            if lr.request_timeout > 0 and not s.request_complete \
+                    and t - s.start_time >= lr.request_timeout:
+                v[lr.http_base + HTTP_DOWNSTREAM_RQ_TIMEOUT] += 1
+                self._upstream_failed(408, BODY_REQUEST_TIMEOUT)
+                return
+            up_activity = s.upstream.last_activity if s.upstream is not None else 0.0
+            last = max(self.last_activity, up_activity, s.start_time)
+            if lr.stream_idle_timeout > 0 and t - last >= lr.stream_idle_timeout:
+                v[lr.http_base + HTTP_DOWNSTREAM_RQ_IDLE_TIMEOUT] += 1
+                self._upstream_failed(408, BODY_STREAM_TIMEOUT)
+
+
+cdef bytes apply_ops_to_head(OutBuf *b, tuple ops_list):
+    """Slow path for routes with header mutations: re-read the head being built as a list of
+    (name, value), apply each HeaderOps as documented in router.pxd, and serialise it again."""
+    cdef bytes raw = PyBytes_FromStringAndSize(b.data, b.length)
+    b.length = 0
+    lines = raw.split(b"\r\n")
+    first = lines[0]
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b": ")
+        headers.append([name, value])
+    for ops in ops_list:
+        remove = (<HeaderOps>ops).remove
+        if remove:
+            headers = [h for h in headers if h[0] not in remove]
+        present = {h[0] for h in headers}
+        appends = []
+        overwrites = []
+        for name, value, action, keep_empty in (<HeaderOps>ops).add:
+            if action == 0:
+                appends.append((name, value))
+            elif action == 1:
+                if name not in present:
+                    appends.append((name, value))
+            elif action == 2:
+                overwrites.append((name, value))
+            elif name in present:
+                overwrites.append((name, value))
+        for name, value in overwrites:
+            headers = [h for h in headers if h[0] != name]
+            headers.append([name, value])
+        for name, value in appends:
+            headers.append([name, value])
+    parts = [first]
+    for name, value in headers:
+        parts.append(name + b": " + value)
+    parts.append(b"")
+    parts.append(b"")
+    return b"\r\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef class UpstreamConnection:
+    def __init__(self, ClusterRuntime cluster, int host):
+        self.cluster = cluster
+        self.host = host
+        self.address = cluster.hosts[host]
+        self.buf = bytearray()
+        self.state = U_CONNECTING
+        self.connected = False
+        self.closed = False
+        self.transport = None
+        self.stream = None
+        self.connect_timer = None
+        self.requests = 0
+        self.last_activity = now()
+
+    cdef void start_connect(self):
+        cdef ClusterRuntime c = self.cluster
+        cdef Worker w = c.worker
+        cdef int64_t *v = w.values
+        v[c.base + CLUSTER_UPSTREAM_CX_TOTAL] += 1
+        v[c.base + CLUSTER_UPSTREAM_CX_HTTP1_TOTAL] += 1
+        v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] += 1
+        v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_TOTAL] += 1
+        v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] += 1
+        addr, port = self.address
+        task = w.loop.create_task(w.loop.create_connection(self._self_factory, addr, port))
+        task.add_done_callback(self._connect_done)
+        if c.connect_timeout > 0:
+            self.connect_timer = w.loop.call_later(c.connect_timeout, self._connect_timeout, task)
+
+    def _self_factory(self):
+        return self
+
+    def _connect_done(self, task):
+        cdef ClusterRuntime c = self.cluster
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
+            self._connect_failed("remote connection failure")
+
+    def _connect_timeout(self, task):
+        cdef ClusterRuntime c = self.cluster
+        self.connect_timer = None
+        if self.connected:
+            return
+        task.cancel()
+        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_TIMEOUT] += 1
+        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
+        self._connect_failed("connection timeout")
+
+    cdef void _connect_failed(self, str reason):
+        cdef ClusterRuntime c = self.cluster
+        cdef int64_t *v = c.worker.values
+        if self.closed:
+            return
+        self.closed = True
+        self.state = U_CLOSED
+        v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] -= 1
+        v[c.base + CLUSTER_UPSTREAM_CX_DESTROY] += 1
+        v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+        self._fail(reason)
+
+    cdef void attach(self, Stream s):
+        self.stream = s
+        self.requests += 1
+        if self.connected:
+            self.state = U_HEAD
+        else:
+            s.pending_writes = []
+
+    cdef void send(self, object data):
+        cdef Stream s = self.stream
+        if self.connected:
+            self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_TX_BYTES_TOTAL] += len(data)
+            self.write(data)
+        elif s is not None and s.pending_writes is not None:
+            s.pending_writes.append(data)
+
+    # -- asyncio protocol -----------------------------------------------------------------------
+    def connection_made(self, transport):
+        cdef ClusterRuntime c = self.cluster
+        cdef Stream s = self.stream
+        self.transport = transport
+        self.write = transport.write
+        self.connected = True
+        c.worker.values[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+        transport.set_write_buffer_limits(high=c.buffer_limit)
+        if c.keepalive is not None:
+            set_keepalive(transport.get_extra_info("socket"), c.keepalive)
+        if self.closed:
+            transport.close()
+            return
+        if s is None:
+            # The stream went away while we connected: keep the connection for the next one.
+            c.release(self)
+            return
+        self.state = U_HEAD
+        pending = s.pending_writes
+        s.pending_writes = None
+        if pending:
+            for data in pending:
+                self.send(data)
+        if s.downstream.read_paused is False and self.transport is not None:
+            pass
+
+    def data_received(self, bytes data):
+        cdef ClusterRuntime c = self.cluster
+        cdef ResponseHead *head
+        cdef Py_ssize_t n
+        cdef int rc
+        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_RX_BYTES_TOTAL] += PyBytes_GET_SIZE(data)
+        self.last_activity = now()
+        if self.stream is None:
+            # Bytes from an idle upstream: it broke HTTP/1 framing; drop the connection.
+            c.worker.values[c.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
+            self._close_transport()
+            return
+        if self.state == U_TUNNEL:
+            self.stream.downstream._write(data)
+            return
+        if self.state == U_BODY and PyByteArray_GET_SIZE(self.buf) == 0:
+            self._on_response_body(data)
+            return
+        self.buf += data
+        while self.state == U_HEAD and self.stream is not None:
+            n = PyByteArray_GET_SIZE(self.buf)
+            if n == 0:
+                return
+            head = c.worker.resp_head
+            rc = parse_response_head(PyByteArray_AS_STRING(self.buf), n, 81920,
+                                     self.stream.is_head, head)
+            if rc == PARSE_INCOMPLETE:
+                return
+            if rc < 0:
+                c.worker.values[c.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
+                self._fail("protocol error")
+                return
+            if head.status < 200 and head.status != 101:
+                del self.buf[:rc]   # interim response: Envoy answers 100-continue itself
+                continue
+            self._on_response_head(PyByteArray_AS_STRING(self.buf), n, rc)
+        if self.state == U_BODY and PyByteArray_GET_SIZE(self.buf):
+            rest = bytes(self.buf)
+            del self.buf[:]
+            self._on_response_body(rest)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        cdef ClusterRuntime c = self.cluster
+        cdef int64_t *v = c.worker.values
+        cdef Stream s = self.stream
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        was_closed = self.closed
+        self.closed = True
+        self.transport = None
+        v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] -= 1
+        v[c.base + CLUSTER_UPSTREAM_CX_DESTROY] += 1
+        if was_closed:
+            v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
+        else:
+            v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
+        if s is None:
+            return
+        if self.state == U_BODY and self.body.kind == BODY_EOF:
+            self.state = U_CLOSED
+            self.keep_alive = False
+            self._finish_body_eof()
+            return
+        self.state = U_CLOSED
+        if not was_closed:
+            v[c.base + CLUSTER_UPSTREAM_RQ_RX_RESET] += 1
+            self._fail("connection termination")
+
+    def pause_writing(self):
+        cdef Stream s = self.stream
+        if s is not None and s.downstream.transport is not None:
+            s.downstream.read_paused = True
+            s.downstream.transport.pause_reading()
+
+    def resume_writing(self):
+        cdef Stream s = self.stream
+        if s is not None and s.downstream.transport is not None and s.downstream.read_paused:
+            s.downstream.read_paused = False
+            s.downstream.transport.resume_reading()
+
+    # -- response -------------------------------------------------------------------------------
+    cdef int _on_response_head(self, const char *data, size_t length, int head_len) except -1:
+        cdef Stream s = self.stream
+        cdef DownstreamConnection down = s.downstream
+        cdef ListenerRuntime lr = down.listener
+        cdef Worker w = self.cluster.worker
+        cdef ResponseHead *head = w.resp_head
+        cdef OutBuf *b = &w.out
+        cdef size_t i
+        cdef const phr_header *h
+        cdef bint seen_server = False
+        cdef int body_kind = head.body_kind
+        cdef bytes out
+        s.status = head.status
+        s.response_started = True
+        self.keep_alive = head.keep_alive
+        b.length = 0
+        ob_put_bytes(b, <bytes>STATUS_LINES[head.status] if 100 <= head.status < 1000 else STATUS_LINES[500])
+        for i in range(head.num_headers):
+            h = &head.headers[i]
+            if is_hop_by_hop(head.headers, head.num_headers, i, False):
+                continue
+            if h.name_len == 6 and lit_eq(h.name, 6, b"server", 6):
+                if seen_server:
+                    continue
+                seen_server = True
+                ob_put(b, b"server: ", 8)
+                ob_put_bytes(b, lr.server_name)
+                ob_put(b, b"\r\n", 2)
+                continue
+            ob_put_lower(b, h.name, h.name_len)
+            ob_put(b, b": ", 2)
+            ob_put(b, h.value, h.value_len)
+            ob_put(b, b"\r\n", 2)
+        if not seen_server:
+            ob_put(b, b"server: ", 8)
+            ob_put_bytes(b, lr.server_name)
+            ob_put(b, b"\r\n", 2)
+        if body_kind == BODY_CHUNKED or body_kind == BODY_EOF:
+            s.downstream_chunked = True
+            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+        ob_put(b, b"x-envoy-upstream-service-time: ", 31)
+        ob_put_int(b, <int64_t>((now() - s.start_time) * 1000))
+        ob_put(b, b"\r\n", 2)
+        if not s.keep_alive or down.closing:
+            s.keep_alive = False
+            ob_put(b, b"connection: close\r\n", 19)
+        if s.decision.response_ops:
+            out = apply_ops_to_head(b, s.decision.response_ops)
+        else:
+            ob_put(b, b"\r\n", 2)
+            out = ob_take(b)
+        del self.buf[:head_len]
+        down._write(out)
+        if body_kind == BODY_NONE:
+            return self._response_done()
+        body_decoder_init(&self.body, body_kind, head.content_length)
+        self.state = U_BODY
+        return 0
+
+    cdef int _on_response_body(self, object data) except -1:
+        cdef Stream s = self.stream
+        cdef DownstreamConnection down = s.downstream
+        cdef BodyDecoder *d = &self.body
+        cdef Py_ssize_t n = len(data)
+        cdef size_t length, consumed
+        cdef int rc
+        cdef bytearray work
+        if d.kind == BODY_LENGTH:
+            if n >= d.remaining:
+                if n > d.remaining:
+                    # Bytes beyond the declared length: the upstream broke framing.
+                    data = data[:d.remaining]
+                    self.keep_alive = False
+                d.remaining = 0
+                down._write(data)
+                return self._response_done()
+            d.remaining -= n
+            down._write(data)
+            return 0
+        if d.kind == BODY_EOF:
+            if n:
+                down._write(chunk_frame(PyBytes_AS_STRING(data), n))
+            return 0
+        # chunked: decode in place, re-frame for the client
+        work = bytearray(data)
+        length = n
+        rc = body_decode(d, PyByteArray_AS_STRING(work), &length, &consumed)
+        if rc < 0:
+            self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
+            self._fail("protocol error")
+            return 0
+        if length > 0:
+            down._write(chunk_frame(PyByteArray_AS_STRING(work), length))
+        if rc == 1:
+            if consumed < <size_t>n:
+                self.keep_alive = False
+            down._write(LAST_CHUNK)
+            return self._response_done()
+        return 0
+
+    cdef void _finish_body_eof(self):
+        cdef Stream s = self.stream
+        s.downstream._write(LAST_CHUNK)
+        self._response_done()
+
+    cdef int _response_done(self) except -1:
+        cdef Stream s = self.stream
+        cdef DownstreamConnection down = s.downstream
+        cdef ClusterRuntime c = self.cluster
+        down._stream_stats_end(s.status)
+        self.stream = None
+        s.upstream = None
+        if self.keep_alive and s.request_complete and not self.closed:
+            c.release(self)
+        else:
+            self._close_transport()
+        down._finish_stream()
+        return 0
+
+    cdef void _fail(self, str reason):
+        cdef Stream s = self.stream
+        self.stream = None
+        self._close_transport()
+        if s is not None and s.downstream is not None and s.upstream is self:
+            s.upstream = None
+            s.downstream._upstream_failed(503, BODY_CONNECT_PREFIX + reason.encode())
+
+    cdef void _close_transport(self):
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self.state = U_CLOSED
+
+
+cdef set_keepalive(sock, ka):
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if ka.probes is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, ka.probes)
+    if ka.time_s is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, ka.time_s)
+    if ka.interval_s is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, ka.interval_s)
+
+
+# ---------------------------------------------------------------------------------------------
+
+cdef inline uint64_t rotl(uint64_t x, int k) noexcept nogil:
+    return (x << k) | (x >> (64 - k))
+
+
+cdef class Worker:
+    """A worker process's data plane: its listeners, clusters, and connections."""
+
+    def __cinit__(self):
+        self.req_head = <RequestHead *>malloc(sizeof(RequestHead))
+        self.resp_head = <ResponseHead *>malloc(sizeof(ResponseHead))
+        self.out.data = NULL
+        self.out.length = 0
+        self.out.capacity = 0
+        if self.req_head == NULL or self.resp_head == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.req_head)
+        free(self.resp_head)
+        free(self.out.data)
+
+    def __init__(self, bootstrap, layout, str shm_path, int worker_index, list listener_ports,
+                 loop=None):
+        import os
+        self.loop = loop if loop is not None else asyncio.get_event_loop()
+        self.bootstrap = bootstrap
+        self.layout = layout
+        self.stats = _StatsSlot(shm_path, worker_index + 1, layout)
+        self.values = self.stats.values
+        seed = int.from_bytes(os.urandom(16), "little")
+        self.rng[0] = (seed & 0xFFFFFFFFFFFFFFFF) | 1
+        self.rng[1] = (seed >> 64) | 2
+        self.ports = list(listener_ports)
+        self.connections = set()
+        self.draining = False
+        self.sweeper = None
+        self.date_value = None
+        self.date_time = 0
+        self.clusters = {}
+        for cm in bootstrap.clusters:
+            self.clusters[cm.name] = ClusterRuntime(self, cm, layout.cluster_bases[cm.name])
+        self.listeners = []
+        for i, lm in enumerate(bootstrap.listeners):
+            self.listeners.append(
+                ListenerRuntime(self, lm, layout.listener_bases[i], layout.http_bases[i]))
+
+    cdef uint64_t random(self) noexcept:
+        # xorshift128+
+        cdef uint64_t s1 = self.rng[0]
+        cdef uint64_t s0 = self.rng[1]
+        self.rng[0] = s0
+        s1 ^= s1 << 23
+        self.rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)
+        return self.rng[1] + s0
+
+    cdef void put_uuid4(self, OutBuf *b) except *:
+        cdef uint64_t hi = self.random()
+        cdef uint64_t lo = self.random()
+        cdef char tmp[36]
+        cdef const char *hexd = b"0123456789abcdef"
+        cdef int i, j = 0
+        cdef unsigned char byte
+        cdef unsigned char raw[16]
+        for i in range(8):
+            raw[i] = (hi >> (8 * i)) & 0xFF
+            raw[8 + i] = (lo >> (8 * i)) & 0xFF
+        raw[6] = (raw[6] & 0x0F) | 0x40
+        raw[8] = (raw[8] & 0x3F) | 0x80
+        for i in range(16):
+            if i == 4 or i == 6 or i == 8 or i == 10:
+                tmp[j] = 45
+                j += 1
+            byte = raw[i]
+            tmp[j] = hexd[byte >> 4]
+            tmp[j + 1] = hexd[byte & 15]
+            j += 2
+        ob_put(b, tmp, 36)
+
+    cdef bytes date(self):
+        import time
+        t = time.time()
+        if self.date_value is None or int(t) != int(self.date_time):
+            self.date_time = t
+            self.date_value = formatdate(t, usegmt=True).encode()
+        return self.date_value
+
+    async def start(self):
+        loop = self.loop
+        for c in self.clusters.values():
+            await (<ClusterRuntime>c).resolve_initial()
+        for i, lr in enumerate(self.listeners):
+            sock = make_listen_socket((<ListenerRuntime>lr).model.address, self.ports[i])
+            (<ListenerRuntime>lr).server = await loop.create_server(
+                (<ListenerRuntime>lr).protocol_factory, sock=sock, backlog=1024)
+        self.sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+
+    cdef double _sweep_interval_c(self):
+        cdef double interval = 1.0
+        for lr in self.listeners:
+            for t in ((<ListenerRuntime>lr).idle_timeout, (<ListenerRuntime>lr).stream_idle_timeout,
+                      (<ListenerRuntime>lr).request_timeout):
+                if 0 < t and t / 4 < interval:
+                    interval = t / 4
+        return max(interval, 0.01)
+
+    def _sweep_interval(self):
+        return self._sweep_interval_c()
+
+    def _sweep(self):
+        cdef double t = now()
+        for c in list(self.connections):
+            (<DownstreamConnection>c).sweep(t)
+        self.sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+
+    def stop_listening(self):
+        for lr in self.listeners:
+            srv = (<ListenerRuntime>lr).server
+            if srv is not None:
+                srv.close()
+                (<ListenerRuntime>lr).server = None
+
+    async def drain(self, double timeout_s):
+        """Stop taking requests: idle connections close now, busy ones after their response."""
+        self.draining = True
+        self.stop_listening()
+        deadline = now() + timeout_s
+        while self.connections and now() < deadline:
+            for c in list(self.connections):
+                (<DownstreamConnection>c).close_if_idle()
+            await asyncio.sleep(0.05)
+
+    def close(self):
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        self.stop_listening()
+        for c in list(self.connections):
+            (<DownstreamConnection>c)._close()
+        for cr in self.clusters.values():
+            if (<ClusterRuntime>cr).dns_task is not None:
+                (<ClusterRuntime>cr).dns_task.cancel()
+            for conns in (<ClusterRuntime>cr).idle:
+                for u in conns:
+                    (<UpstreamConnection>u)._close_transport()
+
+
+def make_listen_socket(address, int port):
+    family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((address.address, port))
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,51 @@
+"""Where each stat lives: a flat index per stat name, derived from the config.
+
+Every process (main and workers) derives the same layout from the same config, so the index of a
+stat is agreed without passing tables around.  A component's stats are a contiguous block in its
+table's order; the core adds an enum member to the block's base.
+"""
+from __future__ import annotations
+
+from .names import CLUSTER_STATS, HTTP_STATS, LISTENER_STATS, SERVER_STATS
+
+
+def listener_stat_prefix(address: str, port: int) -> str:
+    # Envoy names listener stats after the bound address: listener.127.0.0.1_10000.
+    # and listener.[__1]_10000. for IPv6 (colons become underscores inside brackets).
+    if ":" in address:
+        return "listener.[%s]_%d." % (address.replace(":", "_"), port)
+    return "listener.%s_%d." % (address, port)
+
+
+class StatsLayout:
+    def __init__(self, bootstrap, listener_ports=None):
+        self.names: list[str] = []
+        self.kinds: list[str] = []
+        self.server_base = self._block("server.", SERVER_STATS)
+        self.listener_bases: list[int] = []
+        self.http_bases: list[int] = []
+        http_by_prefix: dict[str, int] = {}
+        for i, listener in enumerate(bootstrap.listeners):
+            port = listener_ports[i] if listener_ports else listener.address.port
+            self.listener_bases.append(
+                self._block(listener_stat_prefix(listener.address.address, port), LISTENER_STATS))
+            prefix = listener.hcm.stat_prefix
+            # Connection managers sharing a stat_prefix share their stats, as in Envoy.
+            if prefix not in http_by_prefix:
+                http_by_prefix[prefix] = self._block("http.%s." % prefix, HTTP_STATS)
+            self.http_bases.append(http_by_prefix[prefix])
+        self.cluster_bases: dict[str, int] = {}
+        for cluster in bootstrap.clusters:
+            self.cluster_bases[cluster.name] = self._block("cluster.%s." % cluster.name, CLUSTER_STATS)
+        self.index = {name: i for i, name in enumerate(self.names)}
+
+    def _block(self, prefix, table):
+        base = len(self.names)
+        for name, kind in table:
+            self.names.append(prefix + name)
+            self.kinds.append(kind)
+        return base
+
+    @property
+    def size(self) -> int:
+        return len(self.names)

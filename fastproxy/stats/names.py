@@ -1,0 +1,94 @@
+"""Stat names, one table per component, in Envoy's naming.
+
+The order of each table is part of the compiled core's ABI: fastproxy/_core/stats.pxd declares
+an enum per table with the same members in the same order (tests/unit/test_stats.py checks it).
+Append new stats at the end of a table and mirror them in the .pxd.
+"""
+
+COUNTER = "counter"
+GAUGE = "gauge"
+
+# server.*  (written by the main process, in slot 0)
+SERVER_STATS = [
+    ("live", GAUGE),
+    ("concurrency", GAUGE),
+    ("uptime", GAUGE),
+    ("worker_restarts", COUNTER),
+]
+
+# listener.<address>_<port>.*
+LISTENER_STATS = [
+    ("downstream_cx_total", COUNTER),
+    ("downstream_cx_active", GAUGE),
+    ("downstream_cx_destroy", COUNTER),
+    ("downstream_cx_overflow", COUNTER),
+]
+
+# http.<stat_prefix>.*  (connection manager, HTTP/1 codec and router)
+HTTP_STATS = [
+    ("downstream_cx_total", COUNTER),
+    ("downstream_cx_active", GAUGE),
+    ("downstream_cx_http1_total", COUNTER),
+    ("downstream_cx_http1_active", GAUGE),
+    ("downstream_cx_destroy", COUNTER),
+    ("downstream_cx_destroy_remote", COUNTER),
+    ("downstream_cx_destroy_local", COUNTER),
+    ("downstream_cx_destroy_active_rq", COUNTER),
+    ("downstream_cx_idle_timeout", COUNTER),
+    ("downstream_cx_protocol_error", COUNTER),
+    ("downstream_cx_rx_bytes_total", COUNTER),
+    ("downstream_cx_tx_bytes_total", COUNTER),
+    ("downstream_cx_upgrades_total", COUNTER),
+    ("downstream_cx_upgrades_active", GAUGE),
+    ("downstream_rq_total", COUNTER),
+    ("downstream_rq_http1_total", COUNTER),
+    ("downstream_rq_active", GAUGE),
+    ("downstream_rq_completed", COUNTER),
+    ("downstream_rq_1xx", COUNTER),
+    ("downstream_rq_2xx", COUNTER),
+    ("downstream_rq_3xx", COUNTER),
+    ("downstream_rq_4xx", COUNTER),
+    ("downstream_rq_5xx", COUNTER),
+    ("downstream_rq_timeout", COUNTER),
+    ("downstream_rq_idle_timeout", COUNTER),
+    ("downstream_rq_too_large", COUNTER),
+    ("downstream_rq_header_timeout", COUNTER),
+    ("no_route", COUNTER),
+    ("no_cluster", COUNTER),
+    ("rq_redirect", COUNTER),
+    ("rq_direct_response", COUNTER),
+    ("rq_total", COUNTER),
+    ("rq_reset_after_downstream_response_started", COUNTER),
+]
+
+# cluster.<name>.*
+CLUSTER_STATS = [
+    ("upstream_cx_total", COUNTER),
+    ("upstream_cx_active", GAUGE),
+    ("upstream_cx_http1_total", COUNTER),
+    ("upstream_cx_connect_fail", COUNTER),
+    ("upstream_cx_connect_timeout", COUNTER),
+    ("upstream_cx_destroy", COUNTER),
+    ("upstream_cx_destroy_local", COUNTER),
+    ("upstream_cx_destroy_remote", COUNTER),
+    ("upstream_cx_protocol_error", COUNTER),
+    ("upstream_cx_rx_bytes_total", COUNTER),
+    ("upstream_cx_tx_bytes_total", COUNTER),
+    ("upstream_cx_none_healthy", COUNTER),
+    ("upstream_rq_total", COUNTER),
+    ("upstream_rq_active", GAUGE),
+    ("upstream_rq_completed", COUNTER),
+    ("upstream_rq_1xx", COUNTER),
+    ("upstream_rq_2xx", COUNTER),
+    ("upstream_rq_3xx", COUNTER),
+    ("upstream_rq_4xx", COUNTER),
+    ("upstream_rq_5xx", COUNTER),
+    ("upstream_rq_timeout", COUNTER),
+    ("upstream_rq_pending_total", COUNTER),
+    ("upstream_rq_pending_active", GAUGE),
+    ("upstream_rq_rx_reset", COUNTER),
+    ("upstream_rq_tx_reset", COUNTER),
+    ("membership_total", GAUGE),
+    ("membership_healthy", GAUGE),
+    ("membership_change", COUNTER),
+]
