@@ -1,15 +1,59 @@
 # Load balancers: picks in C over per-cluster host arrays (csrc/fp_lb.c), rebuilt on membership
 # change, never per request.
 
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
 cdef extern from "fp_lb.h" nogil:
     ctypedef struct fp_lb_t:
         pass
 
+    enum:
+        FP_LB_ROUND_ROBIN
+        FP_LB_LEAST_REQUEST
+        FP_LB_RANDOM
+        FP_LB_DEFAULT_OVERPROVISIONING_FACTOR
+        FP_LB_DEFAULT_PANIC_THRESHOLD
+        FP_LB_DEFAULT_CHOICE_COUNT
+        FP_LB_OK
+        FP_LB_ENOMEM
+        FP_LB_EPOLICY
+        FP_LB_EWEIGHT
+        FP_LB_EPRIORITY
+        FP_LB_ECHOICES
+        FP_LB_EBIAS
+        FP_LB_MAX_PRIORITY
+
+    ctypedef struct fp_lb_config_t:
+        int policy
+        uint64_t seed
+        uint32_t choice_count
+        double active_request_bias
+        int bias_forces_weighted
+        uint32_t overprovisioning_factor
+        uint32_t panic_threshold
+
+    void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed)
+    fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
+                       const uint32_t *priorities, int *err)
+    void fp_lb_free(fp_lb_t *lb)
+    int32_t fp_lb_pick(fp_lb_t *lb)
+    void fp_lb_request_started(fp_lb_t *lb, int32_t host)
+    void fp_lb_request_finished(fp_lb_t *lb, int32_t host)
+    uint32_t fp_lb_active_requests(const fp_lb_t *lb, int32_t host)
+    int fp_lb_set_healthy(fp_lb_t *lb, int32_t host, int healthy)
+    uint32_t fp_lb_num_hosts(const fp_lb_t *lb)
+    uint32_t fp_lb_num_priorities(const fp_lb_t *lb)
+    uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority)
+    int fp_lb_priority_panic(const fp_lb_t *lb, uint32_t priority)
+    int fp_lb_priority_weighted(const fp_lb_t *lb, uint32_t priority)
+
 cdef class LoadBalancer:
     cdef fp_lb_t *lb
     cdef readonly int num_hosts
+    cdef readonly str policy
     # Pick a host; returns its index into the cluster's host list, or -1 when none is available.
     cdef int pick(self) noexcept
-    # Least-request bookkeeping (no-ops for other policies).
+    # Active request bookkeeping: kept for every policy, read by LEAST_REQUEST. Call
+    # request_finished once for each request_started, with the index pick() returned.
     cdef void request_started(self, int host) noexcept
     cdef void request_finished(self, int host) noexcept

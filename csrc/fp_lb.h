@@ -1,0 +1,79 @@
+/* Load balancer picks over one cluster's host array: ROUND_ROBIN, LEAST_REQUEST and RANDOM with
+ * Envoy's semantics (weights, priority levels with overprovisioning and panic, EDF schedules).
+ *
+ * A balancer is built once per cluster membership and worker; fp_lb_pick() allocates nothing and
+ * runs in O(1) (unweighted round robin, random, N choices) or O(log n) (EDF). The per-host healthy
+ * flag feeds the priority-load and panic computation (fp_lb_set_healthy() recomputes them).
+ *
+ * Plain C, no Python: the Cython wrapper is fastproxy/_core/lb.pyx. */
+#ifndef FP_LB_H
+#define FP_LB_H
+
+#include <stdint.h>
+
+#define FP_LB_ROUND_ROBIN 0
+#define FP_LB_LEAST_REQUEST 1
+#define FP_LB_RANDOM 2
+
+/* Envoy's defaults. */
+#define FP_LB_DEFAULT_OVERPROVISIONING_FACTOR 140 /* percent: 1.4 */
+#define FP_LB_DEFAULT_PANIC_THRESHOLD 50          /* percent */
+#define FP_LB_DEFAULT_CHOICE_COUNT 2
+
+/* Error codes of fp_lb_new()'s `err` out-argument. */
+#define FP_LB_OK 0
+#define FP_LB_ENOMEM 1
+#define FP_LB_EPOLICY 2
+#define FP_LB_EWEIGHT 3   /* a weight below 1 (Envoy's load_balancing_weight is >= 1) */
+#define FP_LB_EPRIORITY 4 /* a priority above FP_LB_MAX_PRIORITY */
+#define FP_LB_ECHOICES 5  /* choice_count below 1 */
+#define FP_LB_EBIAS 6     /* negative or NaN active_request_bias */
+
+#define FP_LB_MAX_PRIORITY 127
+
+typedef struct fp_lb fp_lb_t;
+
+typedef struct {
+    int policy;                      /* FP_LB_ROUND_ROBIN / FP_LB_LEAST_REQUEST / FP_LB_RANDOM */
+    uint64_t seed;                   /* seeds the balancer's PRNG */
+    uint32_t choice_count;           /* LEAST_REQUEST, unweighted: hosts sampled per pick */
+    double active_request_bias;      /* LEAST_REQUEST, weighted: weight / (active + 1)^bias */
+    int bias_forces_weighted;        /* LEAST_REQUEST: EDF even when all weights are equal (as
+                                        Envoy does when active_request_bias is set explicitly) */
+    uint32_t overprovisioning_factor; /* percent; 140 = 1.4 */
+    uint32_t panic_threshold;        /* percent; 0 disables panic */
+} fp_lb_config_t;
+
+/* Fills `config` with Envoy's defaults for `policy`. */
+void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed);
+
+/* Builds a balancer over `num_hosts` hosts; host i has weights[i] and priorities[i]. All hosts
+ * start healthy. Returns NULL and sets *err on failure. */
+fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
+                   const uint32_t *priorities, int *err);
+void fp_lb_free(fp_lb_t *lb);
+
+/* The index of the chosen host (its position in the arrays given to fp_lb_new), or -1 when no
+ * host can be chosen. */
+int32_t fp_lb_pick(fp_lb_t *lb);
+
+/* Active request bookkeeping (read by LEAST_REQUEST, kept for every policy). Out-of-range host
+ * indexes are ignored; finishing a host with no active request leaves it at 0. */
+void fp_lb_request_started(fp_lb_t *lb, int32_t host);
+void fp_lb_request_finished(fp_lb_t *lb, int32_t host);
+uint32_t fp_lb_active_requests(const fp_lb_t *lb, int32_t host);
+
+/* Marks a host healthy (1) or not (0) and recomputes the priority loads, panic state and
+ * schedules, as Envoy does on a host set update. Returns 0, or -1 for a bad index. */
+int fp_lb_set_healthy(fp_lb_t *lb, int32_t host, int healthy);
+
+uint32_t fp_lb_num_hosts(const fp_lb_t *lb);
+uint32_t fp_lb_num_priorities(const fp_lb_t *lb);
+/* The percentage of the load (0..100) that goes to `priority`, and whether it runs in panic
+ * (picking from all its hosts instead of its healthy ones). */
+uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority);
+int fp_lb_priority_panic(const fp_lb_t *lb, uint32_t priority);
+/* Whether `priority` picks through an EDF schedule (unequal weights) rather than unweighted. */
+int fp_lb_priority_weighted(const fp_lb_t *lb, uint32_t priority);
+
+#endif /* FP_LB_H */

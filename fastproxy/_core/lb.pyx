@@ -1,0 +1,158 @@
+"""Load balancer picks for one cluster: ROUND_ROBIN, LEAST_REQUEST and RANDOM with Envoy's
+semantics, over hosts with weights and priorities.
+
+The work happens in C (csrc/fp_lb.c); this wrapper builds a balancer from plain lists (the control
+layer's compiled cluster) and exposes the cdef `pick`/`request_started`/`request_finished` to the
+connection layer. Python-level methods exist for the control layer, tests and benchmarks.
+"""
+
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+
+_POLICIES = {
+    "ROUND_ROBIN": FP_LB_ROUND_ROBIN,
+    "LEAST_REQUEST": FP_LB_LEAST_REQUEST,
+    "RANDOM": FP_LB_RANDOM,
+}
+
+_ERRORS = {
+    FP_LB_EPOLICY: "unknown policy",
+    FP_LB_EWEIGHT: "load_balancing_weight must be at least 1",
+    FP_LB_EPRIORITY: f"priority must be at most {FP_LB_MAX_PRIORITY}",
+    FP_LB_ECHOICES: "choice_count must be at least 2",
+    FP_LB_EBIAS: "active_request_bias must be a non-negative number",
+}
+
+
+cdef int _check(LoadBalancer lb, int i) except -1:
+    if i < 0 or i >= lb.num_hosts:
+        raise IndexError(f"host index {i} out of range 0..{lb.num_hosts - 1}")
+    return 0
+
+
+cdef class LoadBalancer:
+    """A balancer over `len(weights)` hosts: host i has `weights[i]` and `priorities[i]`.
+
+    `seed` seeds the balancer's PRNG (give each worker its own): the round robin start, the EDF
+    schedule's starting point and every random draw derive from it, so equal seeds give equal
+    pick sequences. `choice_count` and `active_request_bias` are LEAST_REQUEST's settings;
+    `bias_forces_weighted` makes LEAST_REQUEST use its weighted (EDF) schedule even when all
+    weights are equal, which Envoy does when `active_request_bias` is set explicitly in the
+    config. `overprovisioning_factor` (percent, 140 = 1.4) and `healthy_panic_threshold`
+    (percent) drive the priority loads. All hosts start healthy.
+    """
+
+    def __cinit__(self, str policy, weights, priorities, uint64_t seed, uint32_t choice_count=2,
+                  double active_request_bias=1.0, *, bint bias_forces_weighted=False,
+                  uint32_t overprovisioning_factor=FP_LB_DEFAULT_OVERPROVISIONING_FACTOR,
+                  double healthy_panic_threshold=FP_LB_DEFAULT_PANIC_THRESHOLD):
+        cdef fp_lb_config_t config
+        cdef uint32_t *w = NULL
+        cdef uint32_t *p = NULL
+        cdef Py_ssize_t i, n = len(weights)
+        cdef int err = FP_LB_OK
+        self.lb = NULL
+        if policy not in _POLICIES:
+            raise ValueError(f"unknown load balancing policy {policy!r}")
+        if len(priorities) != n:
+            raise ValueError("weights and priorities must have the same length")
+        if choice_count < 2:
+            raise ValueError(_ERRORS[FP_LB_ECHOICES])
+        if not 0.0 <= healthy_panic_threshold <= 100.0:
+            raise ValueError("healthy_panic_threshold must be within 0..100")
+        for i in range(n):
+            if not 1 <= weights[i] <= 0xFFFFFFFF:
+                raise ValueError(f"host {i}: {_ERRORS[FP_LB_EWEIGHT]}")
+            if not 0 <= priorities[i] <= FP_LB_MAX_PRIORITY:
+                raise ValueError(f"host {i}: {_ERRORS[FP_LB_EPRIORITY]}")
+        fp_lb_config_init(&config, _POLICIES[policy], seed)
+        config.choice_count = choice_count
+        config.active_request_bias = active_request_bias
+        config.bias_forces_weighted = bias_forces_weighted
+        config.overprovisioning_factor = overprovisioning_factor
+        # Envoy rounds the panic percentage to an integer.
+        config.panic_threshold = <uint32_t>(healthy_panic_threshold + 0.5)
+        w = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
+        p = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
+        try:
+            if w == NULL or p == NULL:
+                raise MemoryError()
+            for i in range(n):
+                w[i] = weights[i]
+                p[i] = priorities[i]
+            self.lb = fp_lb_new(&config, <uint32_t>n, w, p, &err)
+        finally:
+            free(w)
+            free(p)
+        if self.lb == NULL:
+            if err == FP_LB_ENOMEM:
+                raise MemoryError()
+            raise ValueError(_ERRORS.get(err, f"load balancer error {err}"))
+        self.num_hosts = <int>n
+        self.policy = policy
+
+    def __dealloc__(self):
+        if self.lb != NULL:
+            fp_lb_free(self.lb)
+            self.lb = NULL
+
+    # ---- data plane ----
+
+    cdef int pick(self) noexcept:
+        return fp_lb_pick(self.lb)
+
+    cdef void request_started(self, int host) noexcept:
+        fp_lb_request_started(self.lb, host)
+
+    cdef void request_finished(self, int host) noexcept:
+        fp_lb_request_finished(self.lb, host)
+
+    # ---- Python API (control layer, tests) ----
+
+    def pick_py(self):
+        """Pick a host: its index, or -1 when none is available."""
+        return fp_lb_pick(self.lb)
+
+    def started(self, int i):
+        """A request to host i started."""
+        _check(self, i)
+        fp_lb_request_started(self.lb, i)
+
+    def finished(self, int i):
+        """A request to host i finished."""
+        _check(self, i)
+        fp_lb_request_finished(self.lb, i)
+
+    def active_requests(self, int i):
+        _check(self, i)
+        return fp_lb_active_requests(self.lb, i)
+
+    def set_healthy(self, int i, bint healthy):
+        """Mark host i healthy or not; recomputes priority loads and panic as Envoy does."""
+        _check(self, i)
+        fp_lb_set_healthy(self.lb, i, healthy)
+
+    @property
+    def num_priorities(self):
+        return fp_lb_num_priorities(self.lb)
+
+    def priority_loads(self):
+        """Percent of the load (summing to 100) per priority level."""
+        return [fp_lb_priority_load(self.lb, p) for p in range(fp_lb_num_priorities(self.lb))]
+
+    def priority_panic(self):
+        """Per priority level: whether it picks from all its hosts because too few are healthy."""
+        return [bool(fp_lb_priority_panic(self.lb, p))
+                for p in range(fp_lb_num_priorities(self.lb))]
+
+    def priority_weighted(self):
+        """Per priority level: whether picks go through an EDF schedule."""
+        return [bool(fp_lb_priority_weighted(self.lb, p))
+                for p in range(fp_lb_num_priorities(self.lb))]
+
+    def bench_picks(self, int n):
+        """Make n picks through the cdef path (for micro-benchmarks); returns the last pick."""
+        cdef int i, last = -1
+        for i in range(n):
+            last = self.pick()
+        return last

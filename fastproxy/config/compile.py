@@ -1,0 +1,215 @@
+"""Compiling a parsed (and support-checked) Bootstrap into `model.Bootstrap`.
+
+Applies Envoy's defaults, checks the value-level limits of this release (which enum values, one
+filter chain, router as the only HTTP filter, ...) and the cross-references Envoy checks for static
+configs (unknown clusters, duplicate names and addresses).  Problems are added to `errors` with the
+path of the offending field; compiling goes on so that every problem is reported.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from . import model
+from .common import enum_name, is_ip, opt_duration_ms, socket_address, wrapped
+from .errors import Errors, join
+from .routes import ClusterRefs, route_configuration
+from .support import unpack_any
+
+_HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+_ROUTER = router_pb2.Router.DESCRIPTOR.full_name
+_CODECS = {"AUTO", "HTTP1"}
+_CLUSTER_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
+_LB_POLICIES = {"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"}
+_ADMIN_NULL_LOG = "/dev/null"
+
+
+def compile_bootstrap(bs, errors: Errors) -> model.Bootstrap:
+    out = model.Bootstrap(node_id=bs.node.id, node_cluster=bs.node.cluster)
+    if bs.HasField("admin"):
+        out.admin = _admin(bs.admin, "admin", errors)
+    sr = bs.static_resources
+    refs: ClusterRefs = []
+    listener_names: dict[str, int] = {}
+    addresses: dict[tuple[str, int], str] = {}
+    for i, lst in enumerate(sr.listeners):
+        path = f"static_resources.listeners[{i}]"
+        compiled = _listener(lst, path, errors, refs)
+        if lst.name in listener_names:
+            errors.add(join(path, "name"), f"duplicate listener name '{lst.name}'")
+        listener_names.setdefault(lst.name, i)
+        if compiled is None:
+            continue
+        key = (compiled.address.address, compiled.address.port)
+        if compiled.address.port != 0:
+            if key in addresses:
+                errors.add(join(path, "address"),
+                           f"error adding listener: '{lst.name}' has duplicate address "
+                           f"'{_fmt_addr(compiled.address)}' as existing listener")
+            addresses.setdefault(key, lst.name)
+        out.listeners.append(compiled)
+    cluster_names: set[str] = set()
+    for i, cl in enumerate(sr.clusters):
+        path = f"static_resources.clusters[{i}]"
+        if cl.name and cl.name in cluster_names:
+            errors.add(join(path, "name"), f"cluster manager: duplicate cluster '{cl.name}'")
+        cluster_names.add(cl.name)
+        out.clusters.append(_cluster(cl, path, errors))
+    for path, name, weighted in refs:
+        if name not in cluster_names:
+            kind = "weighted cluster" if weighted else "cluster"
+            errors.add(path, f"route: unknown {kind} '{name}'")
+    return out
+
+
+def _fmt_addr(a: model.SocketAddress) -> str:
+    return f"[{a.address}]:{a.port}" if a.is_ipv6 else f"{a.address}:{a.port}"
+
+
+def _admin(admin, path: str, errors: Errors) -> Optional[model.Admin]:
+    if admin.access_log_path and admin.access_log_path != _ADMIN_NULL_LOG:
+        errors.add(join(path, "access_log_path"),
+                   f"only {_ADMIN_NULL_LOG} is supported (admin access logs are not written)")
+    if not admin.HasField("address"):
+        return None  # Envoy starts no admin listener without an address
+    addr = socket_address(admin.address, join(path, "address"), errors)
+    return model.Admin(addr) if addr is not None else None
+
+
+def _listener(lst, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Listener]:
+    if not lst.HasField("address"):
+        errors.add(join(path, "address"), "address is necessary")
+        addr = None
+    else:
+        addr = socket_address(lst.address, join(path, "address"), errors)
+    hcm = None
+    chains = lst.filter_chains
+    if len(chains) != 1:
+        errors.add(join(path, "filter_chains"),
+                   f"exactly one filter chain is supported (got {len(chains)})")
+    if chains:
+        hcm = _filter_chain(chains[0], f"{join(path, 'filter_chains')}[0]", errors, refs)
+    if addr is None or hcm is None:
+        return None
+    return model.Listener(
+        name=lst.name, address=addr, hcm=hcm,
+        per_connection_buffer_limit_bytes=wrapped(lst, "per_connection_buffer_limit_bytes", 1 << 20),
+    )
+
+
+def _filter_chain(chain, path: str, errors: Errors, refs: ClusterRefs):
+    filters = chain.filters
+    fpath = join(path, "filters")
+    if len(filters) != 1:
+        errors.add(fpath, "exactly one network filter (envoy.filters.network.http_connection_manager)"
+                          f" is supported (got {len(filters)})")
+    if not filters:
+        return None
+    tpath = f"{fpath}[0].typed_config"
+    flt = filters[0]
+    if not flt.HasField("typed_config"):
+        errors.add(tpath, "value is required")
+        return None
+    inner = unpack_any(flt.typed_config)
+    if inner is None:
+        return None  # reported by the support walk
+    if inner.DESCRIPTOR.full_name != _HCM:
+        errors.add(tpath, f"type {inner.DESCRIPTOR.full_name} not supported as a network filter")
+        return None
+    return _hcm(inner, tpath, errors, refs)
+
+
+def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.HttpConnectionManager]:
+    codec = enum_name(h, "codec_type")
+    if codec not in _CODECS:
+        errors.add(join(path, "codec_type"), f"{codec} not supported")
+    _http_filters(h, join(path, "http_filters"), errors)
+    rc = route_configuration(h.route_config, join(path, "route_config"), errors, refs)
+    if not h.HasField("route_config"):
+        return None  # reported by the validation rules
+    cpo = h.common_http_protocol_options
+    return model.HttpConnectionManager(
+        stat_prefix=h.stat_prefix,
+        route_config=rc,
+        codec_type=codec,
+        idle_timeout_ms=opt_duration_ms(cpo, "idle_timeout", 3_600_000),
+        max_request_headers_kb=wrapped(h, "max_request_headers_kb", 60),
+        stream_idle_timeout_ms=opt_duration_ms(h, "stream_idle_timeout", 300_000),
+        request_timeout_ms=opt_duration_ms(h, "request_timeout", 0),
+        use_remote_address=wrapped(h, "use_remote_address", False),
+        xff_num_trusted_hops=h.xff_num_trusted_hops,
+        generate_request_id=wrapped(h, "generate_request_id", True),
+        server_name=h.server_name or "envoy",
+    )
+
+
+def _http_filters(h, path: str, errors: Errors) -> None:
+    """Only the router is implemented: http_filters must be [router] (or empty, as Envoy allows)."""
+    filters = h.http_filters
+    if len(filters) > 1:
+        errors.add(path, "only the router filter (envoy.filters.http.router) is supported "
+                         f"(got {len(filters)} filters)")
+    for i, flt in enumerate(filters):
+        tpath = f"{path}[{i}].typed_config"
+        if not flt.HasField("typed_config"):
+            errors.add(tpath, f"value is required (the implementation of '{flt.name}' is chosen "
+                              "by its @type)")
+            continue
+        inner = unpack_any(flt.typed_config)
+        if inner is not None and inner.DESCRIPTOR.full_name != _ROUTER:
+            errors.add(tpath, f"type {inner.DESCRIPTOR.full_name} not supported as an HTTP filter")
+
+
+def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
+    ctype = enum_name(cl, "type") if cl.WhichOneof("cluster_discovery_type") != "cluster_type" else "CUSTOM"
+    if ctype not in _CLUSTER_TYPES:
+        errors.add(join(path, "type"), f"{ctype} not supported")
+    lb = enum_name(cl, "lb_policy")
+    if lb not in _LB_POLICIES:
+        errors.add(join(path, "lb_policy"), f"{lb} not supported")
+    out = model.Cluster(
+        name=cl.name,
+        type=ctype,
+        lb_policy=lb,
+        connect_timeout_ms=opt_duration_ms(cl, "connect_timeout", 5000),
+        per_connection_buffer_limit_bytes=wrapped(cl, "per_connection_buffer_limit_bytes", 1 << 20),
+        dns_lookup_family=enum_name(cl, "dns_lookup_family"),
+        dns_refresh_rate_ms=opt_duration_ms(cl, "dns_refresh_rate", 5000),
+    )
+    if cl.upstream_connection_options.HasField("tcp_keepalive"):
+        ka = cl.upstream_connection_options.tcp_keepalive
+        out.tcp_keepalive = model.TcpKeepalive(
+            probes=wrapped(ka, "keepalive_probes", None),
+            time_s=wrapped(ka, "keepalive_time", None),
+            interval_s=wrapped(ka, "keepalive_interval", None),
+        )
+    la = cl.load_assignment
+    lpath = join(path, "load_assignment")
+    n_hosts = 0
+    for i, lle in enumerate(la.endpoints):
+        epath = f"{join(lpath, 'endpoints')}[{i}]"
+        for j, lbe in enumerate(lle.lb_endpoints):
+            bpath = f"{join(epath, 'lb_endpoints')}[{j}]"
+            n_hosts += 1
+            ep = lbe.endpoint
+            if not ep.HasField("address"):
+                errors.add(join(join(bpath, "endpoint"), "address"), "value is required")
+                continue
+            apath = join(join(bpath, "endpoint"), "address")
+            addr = socket_address(ep.address, apath, errors, need_ip=False)
+            if addr is None:
+                continue
+            if ctype == "STATIC" and addr.address and not is_ip(addr.address):
+                errors.add(join(join(apath, "socket_address"), "address"),
+                           f"malformed IP address: {addr.address}. Consider setting resolver_name "
+                           "or setting cluster type to 'STRICT_DNS' or 'LOGICAL_DNS'")
+            out.endpoints.append(model.Endpoint(
+                addr, wrapped(lbe, "load_balancing_weight", 1), lle.priority))
+    if ctype == "LOGICAL_DNS" and (len(la.endpoints) != 1 or n_hosts != 1):
+        errors.add(lpath, "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a "
+                          "single lb_endpoint")
+    return out
+
+
