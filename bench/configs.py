@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 
 from bench.scenarios import MiB, Scenario
 
@@ -66,13 +67,24 @@ def write_envoy_bootstrap(path: str, *args) -> str:
     return path
 
 
+def fd_limit() -> int:
+    """The soft RLIMIT_NOFILE the proxies inherit (the harness raises it first)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def haproxy_maxconn() -> int:
+    # HAProxy reserves two descriptors per connection and refuses to start otherwise.
+    return max(1000, min(30000, (fd_limit() - 200) // 2))
+
+
 def _nginx_common(tmp: str) -> str:
+    nofile = fd_limit()
     return f"""worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log error;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 30000; multi_accept on; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {min(30000, nofile - 100)}; multi_accept on; }}
 """
 
 
@@ -94,6 +106,7 @@ def upstream_nginx(tmp: str, port: int) -> str:
     blob = os.path.join(tmp, "1m.bin")
     with open(blob, "wb") as f:
         f.write(b"x" * MiB)
+    os.chmod(blob, 0o644)
     return _nginx_common(tmp) + f"""http {{
 {_nginx_http_common(tmp)}
     server {{
@@ -146,7 +159,7 @@ def haproxy(scenario: Scenario, port: int, upstream_port: int) -> str:
                         for p in scenario.route_prefixes)
     return f"""global
     nbthread 1
-    maxconn 30000
+    maxconn {haproxy_maxconn()}
     log stderr local0 err
 
 defaults

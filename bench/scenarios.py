@@ -67,6 +67,8 @@ class Scenario:
     protocol: str = "http1"                # later: "h2", "grpc", "tls"
     tool_args: Tuple[str, ...] = ()        # passed through to the tool as they are
     primary: str = "cpu_us_per_req"        # the figure the summary and the overview plot lead with
+    fresh_proxies: bool = False            # restart the proxies before every round
+    warmup: bool = True                    # one unmeasured segment per proxy before round 1
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.figures if f not in FIGURES]
@@ -132,6 +134,8 @@ SCENARIOS: List[Scenario] = [
                     "proxy RSS growth per connection, then one request on a new connection",
         tool="idle",
         idle_connections=10_000,
+        fresh_proxies=True,
+        warmup=False,
         figures=("rss_per_conn_kb", "probe_ms", "idle_rss_mb"),
         primary="rss_per_conn_kb",
     ),

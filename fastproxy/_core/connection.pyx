@@ -541,6 +541,15 @@ cdef class DownstreamConnection:
             self._consume(head_len)
             self.state = S_WAIT
             return self._local_reply(426, BODY_UPGRADE_REQUIRED, True, None)
+        if head.authority != NULL:
+            # absolute-form target: its authority is the request's :authority and wins over Host
+            if head.host_index < 0:
+                head.host_index = <int>head.num_headers
+                head.headers[head.num_headers].name = b"host"
+                head.headers[head.num_headers].name_len = 4
+                head.num_headers += 1
+            head.headers[head.host_index].value = head.authority
+            head.headers[head.host_index].value_len = head.authority_len
         if head.host_index < 0:
             self._consume(head_len)
             self.state = S_WAIT
