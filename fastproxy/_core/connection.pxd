@@ -28,6 +28,7 @@ cdef class ListenerRuntime:
     cdef double request_timeout
     cdef size_t buffer_limit
     cdef bytes server_name
+    cdef frozenset upgrade_types
     cdef object server
 
 
@@ -132,6 +133,7 @@ cdef class UpstreamConnection:
     cdef int _on_response_head(self, const char *data, size_t length, int head_len) except -1
     cdef int _on_response_body(self, object data) except -1
     cdef void _finish_body_eof(self)
+    cdef int _start_tunnel(self) except -1
     cdef int _response_done(self) except -1
     cdef void _fail(self, str reason)
     cdef void _close_transport(self)

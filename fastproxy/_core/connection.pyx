@@ -33,7 +33,7 @@ from fastproxy._core.router cimport (
 from fastproxy._core.lb cimport LoadBalancer
 from fastproxy._core.stats cimport *
 
-from email.utils import formatdate
+import time as _time
 from fastproxy._core.router import RouteTable as _RouteTable
 from fastproxy._core.lb import LoadBalancer as _LoadBalancer
 from fastproxy._core.stats import StatsSlot as _StatsSlot
@@ -230,6 +230,7 @@ cdef class ListenerRuntime:
         self.request_timeout = hcm.request_timeout_ms / 1000.0
         self.buffer_limit = model.per_connection_buffer_limit_bytes
         self.server_name = hcm.server_name.encode()
+        self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
         self.server = None
 
     def protocol_factory(self):
@@ -555,11 +556,15 @@ cdef class DownstreamConnection:
             self.state = S_WAIT
             return self._local_reply(400, None, True, None)
         if head.upgrade or head.is_connect:
-            # Upgrades are tunnelled only when the connection manager lists them (upgrade_configs);
-            # none is configurable yet, so Envoy's answer for an unconfigured upgrade applies.
-            self._consume(head_len)
-            self.state = S_WAIT
-            return self._local_reply(403, None, head.body_kind != BODY_NONE, None)
+            # Upgrades are tunnelled only when the connection manager lists their type in
+            # upgrade_configs; otherwise Envoy answers 403 (upgrade_failed).
+            if head.is_connect or head.upgrade_index < 0 or PyBytes_FromStringAndSize(
+                    head.headers[head.upgrade_index].value,
+                    head.headers[head.upgrade_index].value_len).lower() not in lr.upgrade_types:
+                self._consume(head_len)
+                self.state = S_WAIT
+                return self._local_reply(403, None, True, None)
+            s.upgrade = True
 
         v[lr.http_base + HTTP_RQ_TOTAL] += 1
         action = lr.routes.route(head, d, False, w.random())
@@ -654,7 +659,7 @@ cdef class DownstreamConnection:
             if <int>i == head.host_index:
                 continue
             h = &head.headers[i]
-            if is_hop_by_hop(head.headers, head.num_headers, i, False):
+            if is_hop_by_hop(head.headers, head.num_headers, i, self.stream.upgrade):
                 continue
             if h.name_len == 6 and lit_eq(h.name, 6, b"expect", 6) and head.expect_continue:
                 continue
@@ -682,6 +687,8 @@ cdef class DownstreamConnection:
             ob_put(b, b"\r\n", 2)
         if head.body_kind == BODY_CHUNKED:
             ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+        if self.stream.upgrade:
+            ob_put(b, b"connection: upgrade\r\n", 21)
         if edge and not seen_xff:
             ob_put(b, b"x-forwarded-for: ", 17)
             ob_put_bytes(b, self._remote_ip())
@@ -1123,7 +1130,7 @@ cdef class UpstreamConnection:
                 del self.buf[:rc]   # interim response: Envoy answers 100-continue itself
                 continue
             self._on_response_head(PyByteArray_AS_STRING(self.buf), n, rc)
-        if self.state == U_BODY and PyByteArray_GET_SIZE(self.buf):
+        if self.state == U_BODY and PyByteArray_GET_SIZE(self.buf) and self.stream is not None:
             rest = bytes(self.buf)
             del self.buf[:]
             self._on_response_body(rest)
@@ -1148,6 +1155,11 @@ cdef class UpstreamConnection:
         else:
             v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
         if s is None:
+            return
+        if self.state == U_TUNNEL:
+            self.stream = None
+            s.upstream = None
+            s.downstream._close()
             return
         if self.state == U_BODY and self.body.kind == BODY_EOF:
             self.state = U_CLOSED
@@ -1189,9 +1201,10 @@ cdef class UpstreamConnection:
         self.keep_alive = head.keep_alive
         b.length = 0
         ob_put_bytes(b, <bytes>STATUS_LINES[head.status] if 100 <= head.status < 1000 else STATUS_LINES[500])
+        cdef bint tunnel = head.status == 101 and s.upgrade
         for i in range(head.num_headers):
             h = &head.headers[i]
-            if is_hop_by_hop(head.headers, head.num_headers, i, False):
+            if is_hop_by_hop(head.headers, head.num_headers, i, tunnel):
                 continue
             if h.name_len == 6 and lit_eq(h.name, 6, b"server", 6):
                 if seen_server:
@@ -1209,13 +1222,17 @@ cdef class UpstreamConnection:
             ob_put(b, b"server: ", 8)
             ob_put_bytes(b, lr.server_name)
             ob_put(b, b"\r\n", 2)
-        if body_kind == BODY_CHUNKED or body_kind == BODY_EOF:
+        if tunnel:
+            ob_put(b, b"connection: upgrade\r\n", 21)
+        elif body_kind == BODY_CHUNKED or body_kind == BODY_EOF:
             s.downstream_chunked = True
             ob_put(b, b"transfer-encoding: chunked\r\n", 28)
         ob_put(b, b"x-envoy-upstream-service-time: ", 31)
         ob_put_int(b, <int64_t>((now() - s.start_time) * 1000))
         ob_put(b, b"\r\n", 2)
-        if not s.keep_alive or down.closing:
+        if s.upgrade and not tunnel:
+            s.keep_alive = False  # the client's bytes after a refused upgrade are not a request
+        if (not s.keep_alive or down.closing) and not tunnel:
             s.keep_alive = False
             ob_put(b, b"connection: close\r\n", 19)
         if s.decision.response_ops:
@@ -1225,6 +1242,8 @@ cdef class UpstreamConnection:
             out = ob_take(b)
         del self.buf[:head_len]
         down._write(out)
+        if tunnel:
+            return self._start_tunnel()
         if body_kind == BODY_NONE:
             return self._response_done()
         body_decoder_init(&self.body, body_kind, head.content_length)
@@ -1270,6 +1289,26 @@ cdef class UpstreamConnection:
                 self.keep_alive = False
             down._write(LAST_CHUNK)
             return self._response_done()
+        return 0
+
+    cdef int _start_tunnel(self) except -1:
+        """101 Switching Protocols: from now on bytes pass through both ways untouched."""
+        cdef Stream s = self.stream
+        cdef DownstreamConnection down = s.downstream
+        cdef int64_t *v = down.worker.values
+        self.state = U_TUNNEL
+        self.keep_alive = False
+        down.state = S_TUNNEL
+        v[down.listener.http_base + HTTP_DOWNSTREAM_CX_UPGRADES_TOTAL] += 1
+        v[down.listener.http_base + HTTP_DOWNSTREAM_CX_UPGRADES_ACTIVE] += 1
+        if PyByteArray_GET_SIZE(self.buf):
+            rest = bytes(self.buf)
+            del self.buf[:]
+            down._write(rest)
+        if PyByteArray_GET_SIZE(down.buf):
+            early = bytes(down.buf)
+            del down.buf[:]
+            self.send(early)
         return 0
 
     cdef void _finish_body_eof(self):
@@ -1400,11 +1439,10 @@ cdef class Worker:
         ob_put(b, tmp, 36)
 
     cdef bytes date(self):
-        import time
-        t = time.time()
+        t = _time.time()
         if self.date_value is None or int(t) != int(self.date_time):
             self.date_time = t
-            self.date_value = formatdate(t, usegmt=True).encode()
+            self.date_value = http_date(t)
         return self.date_value
 
     async def start(self):
@@ -1465,6 +1503,18 @@ cdef class Worker:
             for conns in (<ClusterRuntime>cr).idle:
                 for u in conns:
                     (<UpstreamConnection>u)._close_transport()
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(double t):
+    """IMF-fixdate (RFC 9110), independent of the locale."""
+    g = _time.gmtime(t)
+    return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[g.tm_wday], g.tm_mday, _MONTHS[g.tm_mon - 1], g.tm_year,
+        g.tm_hour, g.tm_min, g.tm_sec)).encode()
 
 
 def make_listen_socket(address, int port):

@@ -142,6 +142,8 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
         xff_num_trusted_hops=h.xff_num_trusted_hops,
         generate_request_id=wrapped(h, "generate_request_id", True),
         server_name=h.server_name or "envoy",
+        upgrade_types=[u.upgrade_type.lower() for u in h.upgrade_configs
+                       if wrapped(u, "enabled", True)],
     )
 
 

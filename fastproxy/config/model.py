@@ -172,6 +172,7 @@ class HttpConnectionManager:
     xff_num_trusted_hops: int = 0
     generate_request_id: bool = True
     server_name: str = "envoy"
+    upgrade_types: list[str] = field(default_factory=list)  # upgrade_configs, lower-cased
 
 
 @dataclass

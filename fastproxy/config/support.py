@@ -44,7 +44,10 @@ SUPPORTED: dict[str, set[str]] = {
         "stat_prefix", "codec_type", "route_config", "http_filters",
         "common_http_protocol_options", "max_request_headers_kb", "stream_idle_timeout",
         "request_timeout", "use_remote_address", "xff_num_trusted_hops", "generate_request_id",
-        "server_name",
+        "server_name", "upgrade_configs",
+    },
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": {
+        "upgrade_type", "enabled",
     },
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": {
         "name", "typed_config",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -92,6 +93,9 @@ class Supervisor:
         self.ports = ports
         self.shared = shared
         self.layout = layout
+        self.model_path = shared.path + ".model"
+        with open(self.model_path, "wb") as f:
+            pickle.dump(bootstrap, f, protocol=pickle.HIGHEST_PROTOCOL)
         self.log_file = log_file
         self.concurrency = options.concurrency
         self.started_at = time.time()
@@ -183,6 +187,7 @@ class Supervisor:
         return [
             sys.executable, "-m", "fastproxy.server.worker",
             "--config", os.path.abspath(self.options.config_path),
+            "--model", self.model_path,
             "--worker-index", str(index),
             "--shm", self.shared.path,
             "--ports", ",".join(map(str, self.ports)),
@@ -352,6 +357,10 @@ def serve(options) -> int:
         if shared is not None:
             shared.close()
             shared.unlink()
+            try:
+                os.unlink(shared.path + ".model")
+            except FileNotFoundError:
+                pass
         for sock in sockets:
             sock.close()
         if log_file is not None:

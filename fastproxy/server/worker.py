@@ -36,6 +36,8 @@ _PR_SET_PDEATHSIG = 1
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fastproxy-worker")
     parser.add_argument("--config", required=True)
+    parser.add_argument("--model", default=None,
+                        help="the compiled configuration, pickled by the main process")
     parser.add_argument("--worker-index", type=int, required=True)
     parser.add_argument("--shm", required=True)
     parser.add_argument("--ports", default="",
@@ -97,15 +99,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import uvloop
 
-    from fastproxy import config
     from fastproxy.stats import StatsLayout
 
-    try:
-        bootstrap = config.load_bootstrap(args.config)
-    except config.ConfigError as exc:
-        for error in getattr(exc, "errors", None) or [str(exc)]:
-            log.critical("error initializing configuration '%s': %s", args.config, error)
-        return EXIT_STARTUP
+    if args.model:
+        # The main process hands over the compiled model, so a worker never loads the schema.
+        import pickle
+        with open(args.model, "rb") as f:
+            bootstrap = pickle.load(f)
+    else:
+        from fastproxy import config
+        try:
+            bootstrap = config.load_bootstrap(args.config)
+        except config.ConfigError as exc:
+            for error in getattr(exc, "errors", None) or [str(exc)]:
+                log.critical("error initializing configuration '%s': %s", args.config, error)
+            return EXIT_STARTUP
     ports = [int(p) for p in args.ports.split(",") if p]
     if len(ports) != len(bootstrap.listeners):
         log.critical("worker got %d port(s) for %d listener(s)", len(ports),
