@@ -610,7 +610,12 @@ cdef class DownstreamConnection:
         out = self._serialize_request(head, d, cluster, host)
         s.request_chunked = head.body_kind == BODY_CHUNKED
         if head.body_kind == BODY_LENGTH and head.content_length > 0:
-            s.request_remaining = head.content_length
+            if <int64_t>(length - head_len) >= head.content_length and head.content_length <= 65536:
+                # The whole body is here: send it with the head in one write.
+                out += PyBytes_FromStringAndSize(data + head_len, head.content_length)
+                head_len += <int>head.content_length
+            else:
+                s.request_remaining = head.content_length
         elif head.body_kind == BODY_CHUNKED:
             body_decoder_init(&self.body, BODY_CHUNKED, 0)
         self._consume(head_len)
@@ -1235,13 +1240,26 @@ cdef class UpstreamConnection:
         if (not s.keep_alive or down.closing) and not tunnel:
             s.keep_alive = False
             ob_put(b, b"connection: close\r\n", 19)
+        # A body that is already here in full goes out with the head: one write, not two.
+        cdef int64_t whole = 0
+        if body_kind == BODY_LENGTH and <int64_t>(length - head_len) >= head.content_length \
+                and head.content_length <= 65536:
+            whole = head.content_length
         if s.decision.response_ops:
             out = apply_ops_to_head(b, s.decision.response_ops)
+            if whole:
+                out += PyBytes_FromStringAndSize(data + head_len, whole)
         else:
             ob_put(b, b"\r\n", 2)
+            if whole:
+                ob_put(b, data + head_len, whole)
             out = ob_take(b)
-        del self.buf[:head_len]
+        del self.buf[:head_len + whole]
         down._write(out)
+        if whole:
+            if <int64_t>(length - head_len) > whole:
+                self.keep_alive = False  # bytes beyond the declared length: framing is broken
+            return self._response_done()
         if tunnel:
             return self._start_tunnel()
         if body_kind == BODY_NONE:
