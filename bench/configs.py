@@ -109,14 +109,22 @@ def upstream_nginx(tmp: str, port: int) -> str:
     os.chmod(blob, 0o644)
     return _nginx_common(tmp) + f"""http {{
 {_nginx_http_common(tmp)}
+    upstream upload_done {{ server 127.0.0.1:{port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location = /1m {{ alias {blob}; default_type application/octet-stream; }}
+        # Read the whole body before answering (a bare `return` would answer first and
+        # leave the proxy with a half-sent request), then answer via a small loop-back.
         location = /upload {{
             client_max_body_size 2m;
             client_body_buffer_size 2m;
-            return 200 "{UPLOAD_REPLY.strip()}\\n";
+            proxy_pass http://upload_done/_uploaded;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
         }}
+        location = /_uploaded {{ return 200 "{UPLOAD_REPLY.strip()}\\n"; }}
         location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
     }}
 }}

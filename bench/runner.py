@@ -113,6 +113,7 @@ class Runner:
             "proxy_cpu_s": cpu_s, "proxy_cpu_share": cpu_s / wall,
             "upstream_cpu_share": up_s / wall, "loadgen_cpu_share": loadgen_s / wall,
             "rss_before_mb": rss_before, "curve": curve,
+            "client_sched_lag_ms": res.get("sched_lag_ms"),
             "figures": {k: fig.get(k) for k in sc.figures},
         }
         return seg
@@ -220,6 +221,9 @@ class Runner:
                 parts.append(f"{fd.fmt.format(f[key])} {fd.unit}" if key != "p99_ms"
                              else f"p99 {f[key]:.2f} ms")
         err = f"  errors {seg['errors']}" if seg["errors"] else ""
+        lag = seg.get("client_sched_lag_ms")
+        if lag and lag["p99"] > 5:
+            err += f"  (client fell behind its timetable: p99 lag {lag['p99']:.1f} ms)"
         width = len(str(self.n_total))
         return (f"[{self.n_done:>{width}}/{self.n_total}] {seg['scenario']:<16} "
                 f"r{seg['round'] + 1} {seg['proxy']:<9} " + "  ".join(parts) +

@@ -130,7 +130,8 @@ SCENARIOS: List[Scenario] = [
     ),
     Scenario(
         name="idle_connections",
-        description="10,000 idle keep-alive connections (each served one request first): "
+        description="idle keep-alive connections (10,000 by default; each served one request "
+                    "first): "
                     "proxy RSS growth per connection, then one request on a new connection",
         tool="idle",
         idle_connections=10_000,
