@@ -145,8 +145,8 @@ cdef class Worker:
     cdef object layout
     cdef StatsSlot stats
     cdef int64_t *values
-    cdef dict clusters
-    cdef list listeners
+    cdef readonly dict clusters
+    cdef readonly list listeners
     cdef list ports
     cdef set connections
     cdef RequestHead *req_head
