@@ -96,6 +96,7 @@ cdef class DownstreamConnection:
     cdef bytes _serialize_request(self, RequestHead *head, RouteDecision d,
                                   ClusterRuntime cluster, int host)
     cdef bytes _remote_ip(self)
+    cdef bint _remote_is_internal(self)
     cdef int _on_request_body(self) except -1
     cdef void _request_complete(self)
     cdef int _forward_upstream(self, object data) except -1
@@ -135,7 +136,7 @@ cdef class UpstreamConnection:
     cdef void _finish_body_eof(self)
     cdef int _start_tunnel(self) except -1
     cdef int _response_done(self) except -1
-    cdef void _fail(self, str reason)
+    cdef void _fail(self, str reason, int status=*)
     cdef void _close_transport(self)
 
 

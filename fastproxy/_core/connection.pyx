@@ -16,18 +16,18 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memchr, strcmp
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastproxy._core.includes.picohttpparser cimport phr_header
 from fastproxy._core.http1 cimport (
     RequestHead, ResponseHead, BodyDecoder, parse_request_head, parse_response_head,
-    body_decoder_init, body_decode, is_hop_by_hop, name_eq,
+    body_decoder_init, body_decode, is_hop_by_hop, is_hop_by_hop_name, name_eq,
     PARSE_INCOMPLETE, PARSE_ERROR, PARSE_TOO_LARGE, PARSE_NOT_IMPLEMENTED, PARSE_TOO_MANY_HEADERS,
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_EOF,
 )
 from fastproxy._core.router cimport (
-    RouteTable, RouteDecision, HeaderOps,
+    RouteTable, RouteDecision, HeaderOps, RouteEntry,
     ACTION_NONE, ACTION_ROUTE, ACTION_REDIRECT, ACTION_DIRECT_RESPONSE, ACTION_NO_CLUSTER,
 )
 from fastproxy._core.lb cimport LoadBalancer
@@ -468,13 +468,20 @@ cdef class DownstreamConnection:
     cdef int _process(self) except -1:
         cdef ListenerRuntime lr = self.listener
         cdef RequestHead *head = self.worker.req_head
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, skip
         cdef int rc
         while self.transport is not None:
             if self.state == S_HEAD:
                 n = PyByteArray_GET_SIZE(self.buf)
                 if n == 0:
                     return 0
+                if PyByteArray_AS_STRING(self.buf)[0] == 13 or PyByteArray_AS_STRING(self.buf)[0] == 10:
+                    skip = 0
+                    while skip < n and (PyByteArray_AS_STRING(self.buf)[skip] == 13
+                                        or PyByteArray_AS_STRING(self.buf)[skip] == 10):
+                        skip += 1
+                    del self.buf[:skip]
+                    continue
                 rc = parse_request_head(PyByteArray_AS_STRING(self.buf), n, lr.max_header_bytes, head)
                 if rc == PARSE_INCOMPLETE:
                     return 0
@@ -501,6 +508,7 @@ cdef class DownstreamConnection:
     cdef void _codec_error(self, int rc):
         cdef ListenerRuntime lr = self.listener
         cdef int64_t *v = self.worker.values
+        cdef RequestHead *head = self.worker.req_head
         v[lr.http_base + HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR] += 1
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_TOTAL] += 1
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_HTTP1_TOTAL] += 1
@@ -508,10 +516,12 @@ cdef class DownstreamConnection:
         self.stream.reset()
         self.state = S_WAIT
         if rc == PARSE_TOO_LARGE or rc == PARSE_TOO_MANY_HEADERS:
-            v[lr.http_base + HTTP_DOWNSTREAM_RQ_TOO_LARGE] += 1
             self._local_reply(431, BODY_TOO_LARGE, True, None)
         elif rc == PARSE_NOT_IMPLEMENTED:
             self._local_reply(501, BODY_NOT_IMPLEMENTED, True, None)
+        elif head.error != NULL and strcmp(head.error, b"missing_host_header") == 0:
+            # Envoy's connection manager (not its codec) refuses this one: no body.
+            self._local_reply(400, None, True, None)
         else:
             self._local_reply(400, BODY_BAD_REQUEST, True, None)
 
@@ -543,6 +553,7 @@ cdef class DownstreamConnection:
             self.state = S_WAIT
             return self._local_reply(426, BODY_UPGRADE_REQUIRED, True, None)
         if head.authority != NULL:
+            v[lr.http_base + HTTP_DOWNSTREAM_RQ_NON_RELATIVE_PATH] += 1
             # absolute-form target: its authority is the request's :authority and wins over Host
             if head.host_index < 0:
                 head.host_index = <int>head.num_headers
@@ -551,14 +562,26 @@ cdef class DownstreamConnection:
                 head.num_headers += 1
             head.headers[head.host_index].value = head.authority
             head.headers[head.host_index].value_len = head.authority_len
-        if head.host_index < 0:
+        if head.host_index < 0 or memchr(head.target, 35, head.target_len) != NULL:
+            # No authority, or a fragment in the target: Envoy answers 400 without a body.
             self._consume(head_len)
             self.state = S_WAIT
             return self._local_reply(400, None, True, None)
+        if not valid_authority(head.headers[head.host_index].value,
+                               head.headers[head.host_index].value_len):
+            self._consume(head_len)
+            self.state = S_WAIT
+            return self._local_reply(400, BODY_BAD_REQUEST, True, None)
         if head.upgrade or head.is_connect:
             # Upgrades are tunnelled only when the connection manager lists their type in
             # upgrade_configs; otherwise Envoy answers 403 (upgrade_failed).
-            if head.is_connect or head.upgrade_index < 0 or PyBytes_FromStringAndSize(
+            if head.is_connect:
+                # CONNECT is routed only by connect_matcher routes, which are not supported.
+                self._consume(head_len)
+                self.state = S_WAIT
+                v[lr.http_base + HTTP_NO_ROUTE] += 1
+                return self._local_reply(404, None, True, None)
+            if head.upgrade_index < 0 or PyBytes_FromStringAndSize(
                     head.headers[head.upgrade_index].value,
                     head.headers[head.upgrade_index].value_len).lower() not in lr.upgrade_types:
                 self._consume(head_len)
@@ -579,7 +602,7 @@ cdef class DownstreamConnection:
                 return self._local_reply(d.status, d.body if d.body else None,
                                          head.body_kind != BODY_NONE, None, d.response_ops)
             if action == ACTION_REDIRECT:
-                v[lr.http_base + HTTP_RQ_REDIRECT] += 1
+                v[lr.http_base + HTTP_RQ_DIRECT_RESPONSE] += 1
                 return self._local_reply(d.status, None, head.body_kind != BODY_NONE,
                                          [(b"location", d.location)], d.response_ops)
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
@@ -601,7 +624,6 @@ cdef class DownstreamConnection:
         s.cluster = cluster
         s.host = host
         cluster.lb.request_started(host)
-        v[cluster.base + CLUSTER_UPSTREAM_RQ_TOTAL] += 1
         v[cluster.base + CLUSTER_UPSTREAM_RQ_ACTIVE] += 1
 
         if head.expect_continue:
@@ -636,14 +658,19 @@ cdef class DownstreamConnection:
 
     cdef bytes _serialize_request(self, RequestHead *head, RouteDecision d,
                                   ClusterRuntime cluster, int host):
-        """The upstream request head: Envoy's header order and additions, names lower-cased."""
+        """The upstream request head, as Envoy writes it: host first, the client's headers in
+        order (names lower-cased, hop-by-hop and internal-only ones dropped), then Envoy's
+        additions, the route's header mutations, and the codec's framing header last."""
         cdef ListenerRuntime lr = self.listener
         cdef Worker w = self.worker
         cdef OutBuf *b = &w.out
         cdef size_t i
         cdef const phr_header *h
-        cdef bint seen_xfp = False, seen_rid = False, seen_xff = False
+        cdef bint seen_xfp = False, seen_rid = False, seen_xff = False, seen_cl = False
         cdef bint edge = lr.use_remote_address
+        cdef bint external = edge and not self._remote_is_internal()
+        cdef bint rewrote_path = False
+        cdef RouteEntry entry = <RouteEntry>d.entry if d.entry is not None else None
         b.length = 0
         ob_put(b, head.method, head.method_len)
         ob_put(b, b" ", 1)
@@ -659,6 +686,12 @@ cdef class DownstreamConnection:
         else:
             h = &head.headers[head.host_index]
             ob_put(b, h.value, h.value_len)
+            for i in range(head.num_headers):
+                # Repeated Host headers travel as one, comma-joined, as Envoy's :authority does.
+                if <int>i != head.host_index and head.headers[i].name_len == 4 and \
+                        lit_eq(head.headers[i].name, 4, b"host", 4):
+                    ob_put(b, b",", 1)
+                    ob_put(b, head.headers[i].value, head.headers[i].value_len)
         ob_put(b, b"\r\n", 2)
         for i in range(head.num_headers):
             if <int>i == head.host_index:
@@ -666,9 +699,13 @@ cdef class DownstreamConnection:
             h = &head.headers[i]
             if is_hop_by_hop(head.headers, head.num_headers, i, self.stream.upgrade):
                 continue
+            if h.name_len == 4 and lit_eq(h.name, 4, b"host", 4):
+                continue
             if h.name_len == 6 and lit_eq(h.name, 6, b"expect", 6) and head.expect_continue:
                 continue
-            if h.name_len == 17 and lit_eq(h.name, 17, b"x-forwarded-proto", 17):
+            if h.name_len == 14 and lit_eq(h.name, 14, b"content-length", 14):
+                seen_cl = True
+            elif h.name_len == 17 and lit_eq(h.name, 17, b"x-forwarded-proto", 17):
                 if edge:
                     continue
                 seen_xfp = True
@@ -684,20 +721,31 @@ cdef class DownstreamConnection:
                 ob_put_bytes(b, self._remote_ip())
                 ob_put(b, b"\r\n", 2)
                 continue
-            elif h.name_len == 30 and lit_eq(h.name, 30, b"x-envoy-expected-rq-timeout-ms", 30):
-                continue
+            elif h.name_len > 8 and lit_eq(h.name, 8, b"x-envoy-", 8):
+                # Internal-only headers: never trusted from an external client, and these are
+                # always Envoy's own to set.
+                if external:
+                    continue
+                if (h.name_len == 16 and lit_eq(h.name, 16, b"x-envoy-internal", 16)) or \
+                        (h.name_len == 30 and
+                         lit_eq(h.name, 30, b"x-envoy-expected-rq-timeout-ms", 30)):
+                    continue
             ob_put_lower(b, h.name, h.name_len)
             ob_put(b, b": ", 2)
             ob_put(b, h.value, h.value_len)
             ob_put(b, b"\r\n", 2)
-        if head.body_kind == BODY_CHUNKED:
-            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
         if self.stream.upgrade:
             ob_put(b, b"connection: upgrade\r\n", 21)
         if edge and not seen_xff:
             ob_put(b, b"x-forwarded-for: ", 17)
             ob_put_bytes(b, self._remote_ip())
             ob_put(b, b"\r\n", 2)
+        if external:
+            ob_put(b, b"x-envoy-external-address: ", 26)
+            ob_put_bytes(b, self._remote_ip())
+            ob_put(b, b"\r\n", 2)
+        elif edge:
+            ob_put(b, b"x-envoy-internal: true\r\n", 24)
         if not seen_xfp:
             ob_put(b, b"x-forwarded-proto: http\r\n", 25)
         if not seen_rid and lr.generate_request_id:
@@ -709,9 +757,33 @@ cdef class DownstreamConnection:
             ob_put_int(b, d.timeout_ms)
             ob_put(b, b"\r\n", 2)
         if d.request_ops:
-            return apply_ops_to_head(b, d.request_ops)
+            apply_ops(b, d.request_ops)
+        if d.host is not None or d.auto_host_rewrite:
+            h = &head.headers[head.host_index]
+            ob_put(b, b"x-envoy-original-host: ", 23)
+            ob_put(b, h.value, h.value_len)
+            ob_put(b, b"\r\n", 2)
+        if entry is not None and (entry.prefix_rewrite is not None or entry.regex_rewrite is not None):
+            ob_put(b, b"x-envoy-original-path: ", 23)
+            ob_put(b, head.path, head.path_len)
+            ob_put(b, b"\r\n", 2)
+        if head.body_kind == BODY_CHUNKED:
+            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+        elif head.body_kind == BODY_NONE and not seen_cl and not self.stream.upgrade \
+                and needs_empty_length(head.method, head.method_len):
+            ob_put(b, b"content-length: 0\r\n", 19)
         ob_put(b, b"\r\n", 2)
         return ob_take(b)
+
+    cdef bint _remote_is_internal(self):
+        """Envoy's internal addresses: RFC 1918 and IPv6 unique-local (loopback is external)."""
+        ip = self._remote_ip()
+        if ip.startswith(b"10.") or ip.startswith(b"192.168."):
+            return True
+        if ip.startswith(b"172."):
+            parts = ip.split(b".")
+            return len(parts) == 4 and 16 <= int(parts[1]) <= 31
+        return ip[:2].lower() in (b"fc", b"fd")
 
     cdef bytes _remote_ip(self):
         if self.remote_ip is None:
@@ -738,10 +810,16 @@ cdef class DownstreamConnection:
         length = n
         rc = body_decode(&self.body, PyByteArray_AS_STRING(self.buf), &length, &consumed)
         if rc < 0:
-            # A bad chunk: nothing more of this connection can be trusted.
+            # A bad chunk: nothing more of this connection can be trusted.  Answer 400 if the
+            # response has not started, as Envoy's codec does, then close.
             self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR] += 1
-            self._abort_stream()
-            self._close()
+            del self.buf[:]
+            if s.response_started:
+                self._abort_stream()
+                self._close()
+            else:
+                s.keep_alive = False
+                self._upstream_failed(400, BODY_BAD_REQUEST)
             return 0
         if length > 0:
             self._forward_upstream(chunk_frame(PyByteArray_AS_STRING(self.buf), length))
@@ -786,7 +864,7 @@ cdef class DownstreamConnection:
             self._stream_stats_end(0)
             self._close()
             return
-        self._stream_stats_end(0)
+        self._stream_stats_end(status if status >= 500 else 0)
         s.upstream = None
         s.cluster = None
         self._local_reply(status, body, not s.request_complete, None)
@@ -803,6 +881,8 @@ cdef class DownstreamConnection:
             if status:
                 v[c.base + CLUSTER_UPSTREAM_RQ_COMPLETED] += 1
                 v[c.base + CLUSTER_UPSTREAM_RQ_1XX + status // 100 - 1] += 1
+                if 100 <= status < 600:
+                    v[c.base + CLUSTER_UPSTREAM_RQ_100 + status - 100] += 1
             if c.lb is not None and s.host >= 0 and s.host < c.lb.num_hosts:
                 c.lb.request_finished(s.host)
             s.cluster = None
@@ -820,16 +900,18 @@ cdef class DownstreamConnection:
             close = True
         b.length = 0
         ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
-        if body:
-            ob_put(b, b"content-length: ", 16)
-            ob_put_int(b, len(body))
-            ob_put(b, b"\r\ncontent-type: text/plain\r\n", 28)
         if extra:
             for name, value in extra:
                 ob_put_bytes(b, name)
                 ob_put(b, b": ", 2)
                 ob_put_bytes(b, value)
                 ob_put(b, b"\r\n", 2)
+        if ops:
+            apply_ops(b, ops)
+        if body:
+            ob_put(b, b"content-length: ", 16)
+            ob_put_int(b, len(body))
+            ob_put(b, b"\r\ncontent-type: text/plain\r\n", 28)
         ob_put(b, b"date: ", 6)
         ob_put_bytes(b, w.date())
         ob_put(b, b"\r\nserver: ", 10)
@@ -837,13 +919,14 @@ cdef class DownstreamConnection:
         ob_put(b, b"\r\n", 2)
         if close:
             ob_put(b, b"connection: close\r\n", 19)
-        if not body:
-            ob_put(b, b"content-length: 0\r\n", 19)
-        if ops:
-            out = apply_ops_to_head(b, ops)
-        else:
-            ob_put(b, b"\r\n", 2)
-            out = ob_take(b)
+        if not body and status != 204 and status != 304 and status >= 200:
+            if s.is_head:
+                # Envoy's codec frames an empty HEAD answer as chunked.
+                ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+            else:
+                ob_put(b, b"content-length: 0\r\n", 19)
+        ob_put(b, b"\r\n", 2)
+        out = ob_take(b)
         if body and not s.is_head:
             out += body
         s.status = status
@@ -941,12 +1024,13 @@ cdef class DownstreamConnection:
             last = max(self.last_activity, up_activity, s.start_time)
             if lr.stream_idle_timeout > 0 and t - last >= lr.stream_idle_timeout:
                 v[lr.http_base + HTTP_DOWNSTREAM_RQ_IDLE_TIMEOUT] += 1
-                self._upstream_failed(408, BODY_STREAM_TIMEOUT)
+                self._upstream_failed(504 if s.request_complete else 408, BODY_STREAM_TIMEOUT)
 
 
-cdef bytes apply_ops_to_head(OutBuf *b, tuple ops_list):
-    """Slow path for routes with header mutations: re-read the head being built as a list of
-    (name, value), apply each HeaderOps as documented in router.pxd, and serialise it again."""
+cdef int apply_ops(OutBuf *b, tuple ops_list) except -1:
+    """Slow path for routes with header mutations: re-read the head written so far (start line
+    and header lines, each ending in CRLF) as a list of (name, value), apply each HeaderOps as
+    documented in router.pxd, and write it back, still open for more header lines."""
     cdef bytes raw = PyBytes_FromStringAndSize(b.data, b.length)
     b.length = 0
     lines = raw.split(b"\r\n")
@@ -983,8 +1067,36 @@ cdef bytes apply_ops_to_head(OutBuf *b, tuple ops_list):
     for name, value in headers:
         parts.append(name + b": " + value)
     parts.append(b"")
-    parts.append(b"")
-    return b"\r\n".join(parts)
+    ob_put_bytes(b, b"\r\n".join(parts))
+    return 0
+
+
+cdef bint needs_empty_length(const char *m, size_t n) noexcept:
+    """Envoy's codec writes content-length: 0 for a body-less request unless the method is one
+    that takes no body (GET, HEAD, DELETE, TRACE, CONNECT)."""
+    if n == 3 and lit_eq(m, 3, b"get", 3):
+        return False
+    if n == 4 and lit_eq(m, 4, b"head", 4):
+        return False
+    if n == 6 and lit_eq(m, 6, b"delete", 6):
+        return False
+    if n == 5 and lit_eq(m, 5, b"trace", 5):
+        return False
+    if n == 7 and lit_eq(m, 7, b"connect", 7):
+        return False
+    return True
+
+
+cdef bint valid_authority(const char *v, size_t n) noexcept:
+    """Envoy refuses an authority with characters a host (or host:port, [v6]:port) cannot hold."""
+    cdef size_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>v[i]
+        if c <= 32 or c >= 127 or c == 34 or c == 60 or c == 62 or c == 92 or c == 94 \
+                or c == 96 or c == 123 or c == 124 or c == 125 or c == 47 or c == 63 or c == 35:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1032,6 +1144,7 @@ cdef class UpstreamConnection:
         exc = task.exception()
         if exc is not None:
             self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
+            self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
             self._connect_failed("remote connection failure")
 
     def _connect_timeout(self, task):
@@ -1042,6 +1155,7 @@ cdef class UpstreamConnection:
         task.cancel()
         c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_TIMEOUT] += 1
         c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
+        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
         self._connect_failed("connection timeout")
 
     cdef void _connect_failed(self, str reason):
@@ -1054,12 +1168,15 @@ cdef class UpstreamConnection:
         v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] -= 1
         v[c.base + CLUSTER_UPSTREAM_CX_DESTROY] += 1
         v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+        if self.stream is not None:
+            v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_FAILURE_EJECT] += 1
         self._fail(reason)
 
     cdef void attach(self, Stream s):
         self.stream = s
         self.requests += 1
         if self.connected:
+            self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_TOTAL] += 1
             self.state = U_HEAD
         else:
             s.pending_writes = []
@@ -1091,6 +1208,7 @@ cdef class UpstreamConnection:
             c.release(self)
             return
         self.state = U_HEAD
+        c.worker.values[c.base + CLUSTER_UPSTREAM_RQ_TOTAL] += 1
         pending = s.pending_writes
         s.pending_writes = None
         if pending:
@@ -1129,7 +1247,7 @@ cdef class UpstreamConnection:
                 return
             if rc < 0:
                 c.worker.values[c.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
-                self._fail("protocol error")
+                self._fail("protocol error", 502)
                 return
             if head.status < 200 and head.status != 101:
                 del self.buf[:rc]   # interim response: Envoy answers 100-continue itself
@@ -1171,10 +1289,16 @@ cdef class UpstreamConnection:
             self.keep_alive = False
             self._finish_body_eof()
             return
-        self.state = U_CLOSED
         if not was_closed:
             v[c.base + CLUSTER_UPSTREAM_RQ_RX_RESET] += 1
+            if self.state == U_HEAD and PyByteArray_GET_SIZE(self.buf):
+                # closed in the middle of a response head: a protocol error, as Envoy sees it
+                self.state = U_CLOSED
+                self._fail("protocol error", 502)
+                return
+            self.state = U_CLOSED
             self._fail("connection termination")
+        self.state = U_CLOSED
 
     def pause_writing(self):
         cdef Stream s = self.stream
@@ -1198,7 +1322,7 @@ cdef class UpstreamConnection:
         cdef OutBuf *b = &w.out
         cdef size_t i
         cdef const phr_header *h
-        cdef bint seen_server = False
+        cdef bint seen_server = False, seen_date = False
         cdef int body_kind = head.body_kind
         cdef bytes out
         s.status = head.status
@@ -1209,7 +1333,7 @@ cdef class UpstreamConnection:
         cdef bint tunnel = head.status == 101 and s.upgrade
         for i in range(head.num_headers):
             h = &head.headers[i]
-            if is_hop_by_hop(head.headers, head.num_headers, i, tunnel):
+            if is_hop_by_hop_name(h, tunnel):
                 continue
             if h.name_len == 6 and lit_eq(h.name, 6, b"server", 6):
                 if seen_server:
@@ -1219,41 +1343,46 @@ cdef class UpstreamConnection:
                 ob_put_bytes(b, lr.server_name)
                 ob_put(b, b"\r\n", 2)
                 continue
+            if h.name_len == 4 and lit_eq(h.name, 4, b"date", 4):
+                seen_date = True
             ob_put_lower(b, h.name, h.name_len)
             ob_put(b, b": ", 2)
             ob_put(b, h.value, h.value_len)
+            ob_put(b, b"\r\n", 2)
+        ob_put(b, b"x-envoy-upstream-service-time: ", 31)
+        ob_put_int(b, <int64_t>((now() - s.start_time) * 1000))
+        ob_put(b, b"\r\n", 2)
+        if s.decision.response_ops:
+            apply_ops(b, s.decision.response_ops)
+        if not seen_date:
+            ob_put(b, b"date: ", 6)
+            ob_put_bytes(b, w.date())
             ob_put(b, b"\r\n", 2)
         if not seen_server:
             ob_put(b, b"server: ", 8)
             ob_put_bytes(b, lr.server_name)
             ob_put(b, b"\r\n", 2)
-        if tunnel:
-            ob_put(b, b"connection: upgrade\r\n", 21)
-        elif body_kind == BODY_CHUNKED or body_kind == BODY_EOF:
-            s.downstream_chunked = True
-            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
-        ob_put(b, b"x-envoy-upstream-service-time: ", 31)
-        ob_put_int(b, <int64_t>((now() - s.start_time) * 1000))
-        ob_put(b, b"\r\n", 2)
         if s.upgrade and not tunnel:
             s.keep_alive = False  # the client's bytes after a refused upgrade are not a request
-        if (not s.keep_alive or down.closing) and not tunnel:
+        if tunnel:
+            ob_put(b, b"connection: upgrade\r\n", 21)
+        elif not s.keep_alive or down.closing:
             s.keep_alive = False
             ob_put(b, b"connection: close\r\n", 19)
+        if not tunnel and (body_kind == BODY_CHUNKED or body_kind == BODY_EOF):
+            s.downstream_chunked = True
+            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+        elif s.is_head and head.te_index >= 0:
+            ob_put(b, b"transfer-encoding: chunked\r\n", 28)
         # A body that is already here in full goes out with the head: one write, not two.
         cdef int64_t whole = 0
         if body_kind == BODY_LENGTH and <int64_t>(length - head_len) >= head.content_length \
                 and head.content_length <= 65536:
             whole = head.content_length
-        if s.decision.response_ops:
-            out = apply_ops_to_head(b, s.decision.response_ops)
-            if whole:
-                out += PyBytes_FromStringAndSize(data + head_len, whole)
-        else:
-            ob_put(b, b"\r\n", 2)
-            if whole:
-                ob_put(b, data + head_len, whole)
-            out = ob_take(b)
+        ob_put(b, b"\r\n", 2)
+        if whole:
+            ob_put(b, data + head_len, whole)
+        out = ob_take(b)
         del self.buf[:head_len + whole]
         down._write(out)
         if whole:
@@ -1298,7 +1427,7 @@ cdef class UpstreamConnection:
         rc = body_decode(d, PyByteArray_AS_STRING(work), &length, &consumed)
         if rc < 0:
             self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
-            self._fail("protocol error")
+            self._fail("protocol error", 502)
             return 0
         if length > 0:
             down._write(chunk_frame(PyByteArray_AS_STRING(work), length))
@@ -1348,13 +1477,13 @@ cdef class UpstreamConnection:
         down._finish_stream()
         return 0
 
-    cdef void _fail(self, str reason):
+    cdef void _fail(self, str reason, int status=503):
         cdef Stream s = self.stream
         self.stream = None
         self._close_transport()
         if s is not None and s.downstream is not None and s.upstream is self:
             s.upstream = None
-            s.downstream._upstream_failed(503, BODY_CONNECT_PREFIX + reason.encode())
+            s.downstream._upstream_failed(status, BODY_CONNECT_PREFIX + reason.encode())
 
     cdef void _close_transport(self):
         if not self.closed:

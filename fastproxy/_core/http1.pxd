@@ -169,3 +169,7 @@ cdef int find_header(const phr_header *headers, size_t num_headers,
 # the caller writes "Connection: upgrade" when it forwards an upgrade.
 cdef bint is_hop_by_hop(const phr_header *headers, size_t num_headers, size_t i,
                         bint keep_upgrade) noexcept nogil
+
+# The fixed hop-by-hop names only (no Connection-nominated headers): what a proxy drops from a
+# response, where Envoy keeps headers that the upstream's Connection header names.
+cdef bint is_hop_by_hop_name(const phr_header *h, bint keep_upgrade) noexcept nogil

@@ -679,6 +679,26 @@ cdef int _parse_bare_status_line(const char *buf, size_t length, ResponseHead *o
 # ---------------------------------------------------------------------------------------------
 # Hop-by-hop headers
 
+cdef bint is_hop_by_hop_name(const phr_header *h, bint keep_upgrade) noexcept nogil:
+    cdef const char *name = h.name
+    cdef size_t n = h.name_len
+    if name == NULL:
+        return True
+    if n == 10 and name_eq(name, n, "connection", 10):
+        return True
+    if n == 10 and name_eq(name, n, "keep-alive", 10):
+        return True
+    if n == 16 and name_eq(name, n, "proxy-connection", 16):
+        return True
+    if n == 17 and name_eq(name, n, "transfer-encoding", 17):
+        return True
+    if n == 7 and name_eq(name, n, "upgrade", 7):
+        return not keep_upgrade
+    if n == 2 and name_eq(name, n, "te", 2):
+        return not name_eq(h.value, h.value_len, "trailers", 8)
+    return False
+
+
 cdef bint is_hop_by_hop(const phr_header *headers, size_t num_headers, size_t i,
                         bint keep_upgrade) noexcept nogil:
     cdef const phr_header *h = &headers[i]

@@ -18,7 +18,8 @@ Theory of operation
   case_sensitive) are memcmp/strncasecmp on the path up to the first `?` or `#`; header and query
   matchers (except regex ones) are C loops over the parsed head.  safe_regex path and string
   matchers use Python's `re` (fullmatch, pattern taken as is) and are the only place a Python
-  object is made per request.  Several headers of one name are joined with "," before matching.
+  object is made per request.  With several headers of one name, a matcher matches when any one
+  of the values does (Envoy does not join them for route matching).
 * Actions and header mutations are compiled into `RouteEntry` objects once; a request just points
   the decision at them.  Rewritten paths, redirect Locations and cluster names read from a header
   are the only objects built per request, and only when the route asks for them.
@@ -609,7 +610,6 @@ cdef class RouteTable:
         cdef const phr_header *hd
         cdef bint found
         cdef int r
-        cdef bytes joined
         if h.pseudo == PSEUDO_METHOD:
             v = head.method
             n = head.method_len
@@ -649,23 +649,15 @@ cdef class RouteTable:
                 return 0  # a missing header never matches, inverted or not
             return self._str_match(&h.m, b"", 0) != h.invert
         if count > 1:
-            # Envoy joins all values of the name with "," before matching.
-            total += count - 1
-            if total <= JOIN_BUF:
-                pos = 0
-                for i in range(head.num_headers):
-                    hd = &head.headers[i]
-                    if hd.name_len == h.name_len and _ieq(hd.name, h.name, h.name_len):
-                        if pos > 0:
-                            buf[pos] = 44
-                            pos += 1
-                        if hd.value_len:
-                            memcpy(buf + pos, hd.value, hd.value_len)
-                        pos += hd.value_len
-                return self._str_match(&h.m, buf, pos) != h.invert
-            joined = self._join_values(head, h)
-            return self._str_match(&h.m, PyBytes_AS_STRING(joined),
-                                   PyBytes_GET_SIZE(joined)) != h.invert
+            # Repeated headers: Envoy matches when any one of the values matches (the values
+            # are not joined).
+            for i in range(head.num_headers):
+                hd = &head.headers[i]
+                if hd.name_len == h.name_len and _ieq(hd.name, h.name, h.name_len):
+                    r = self._str_match(&h.m, hd.value, hd.value_len)
+                    if r:
+                        return 1 != h.invert
+            return 0 != h.invert
         return self._str_match(&h.m, v, n) != h.invert
 
     cdef bytes _join_values(self, RequestHead *head, HeaderCheck *h):

@@ -50,6 +50,7 @@ cdef enum:  # http
     HTTP_RQ_DIRECT_RESPONSE = 30
     HTTP_RQ_TOTAL = 31
     HTTP_RQ_RESET_AFTER_DOWNSTREAM_RESPONSE_STARTED = 32
+    HTTP_DOWNSTREAM_RQ_NON_RELATIVE_PATH = 33
 
 cdef enum:  # cluster
     CLUSTER_UPSTREAM_CX_TOTAL = 0
@@ -80,6 +81,8 @@ cdef enum:  # cluster
     CLUSTER_MEMBERSHIP_TOTAL = 25
     CLUSTER_MEMBERSHIP_HEALTHY = 26
     CLUSTER_MEMBERSHIP_CHANGE = 27
+    CLUSTER_UPSTREAM_RQ_PENDING_FAILURE_EJECT = 28
+    CLUSTER_UPSTREAM_RQ_100 = 29    # upstream_rq_100 .. upstream_rq_599 follow in order
 
 cdef class StatsSlot:
     cdef int64_t *values        # this process's slot

@@ -493,4 +493,6 @@ class AdminServer:
 def stat_rows(names: Iterable[str], kinds: Iterable[str], values: Iterable[int]):
     """Zip a layout's names and kinds with summed values into the rows ``stats()`` returns.
     "Used" is approximated as non-zero: the shared block keeps no written-since-start bit."""
-    return [(n, k, v, v != 0) for n, k, v in zip(names, kinds, values)]
+    from fastproxy.stats.names import hidden_when_zero
+    return [(n, k, v, v != 0) for n, k, v in zip(names, kinds, values)
+            if v != 0 or not hidden_when_zero(n)]

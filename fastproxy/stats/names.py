@@ -59,6 +59,7 @@ HTTP_STATS = [
     ("rq_direct_response", COUNTER),
     ("rq_total", COUNTER),
     ("rq_reset_after_downstream_response_started", COUNTER),
+    ("downstream_rq_non_relative_path", COUNTER),
 ]
 
 # cluster.<name>.*
@@ -91,4 +92,15 @@ CLUSTER_STATS = [
     ("membership_total", GAUGE),
     ("membership_healthy", GAUGE),
     ("membership_change", COUNTER),
+    ("upstream_rq_pending_failure_eject", COUNTER),
 ]
+# Per-status counters (upstream_rq_200...): Envoy creates them on first use; here they have fixed
+# slots, and the admin lists one only once it is non-zero.
+CLUSTER_CODE_BASE = len(CLUSTER_STATS)
+CLUSTER_STATS += [("upstream_rq_%d" % code, COUNTER) for code in range(100, 600)]
+
+
+def hidden_when_zero(name: str) -> bool:
+    """Stats that Envoy would not have created yet while they are zero."""
+    tail = name.rsplit(".", 1)[-1]
+    return tail.startswith("upstream_rq_") and tail[12:].isdigit() and len(tail) == 15
