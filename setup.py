@@ -27,6 +27,9 @@ extensions = [
     core("router", libraries=HTTP_LIBS),
     core("lb", sources=["csrc/fp_lb.c"]),
     core("stats"),
+    core("hoststate"),
+    core("breakers"),
+    core("ratelimit", libraries=HTTP_LIBS),
     core("connection", libraries=HTTP_LIBS),
 ]
 

@@ -6,6 +6,9 @@ from fastproxy._core.http1 cimport RequestHead, ResponseHead, BodyDecoder
 from fastproxy._core.router cimport RouteTable, RouteDecision
 from fastproxy._core.lb cimport LoadBalancer
 from fastproxy._core.stats cimport StatsSlot
+from fastproxy._core.hoststate cimport HostState
+from fastproxy._core.breakers cimport CircuitBreakers
+from fastproxy._core.ratelimit cimport RequestFilters
 
 cdef struct OutBuf:
     char *data
@@ -29,6 +32,7 @@ cdef class ListenerRuntime:
     cdef size_t buffer_limit
     cdef bytes server_name
     cdef frozenset upgrade_types
+    cdef RequestFilters filters     # HTTP filters before the router, None when there are none
     cdef object server
 
 
@@ -45,9 +49,15 @@ cdef class ClusterRuntime:
     cdef size_t buffer_limit
     cdef object keepalive
     cdef object dns_task
+    cdef list priorities       # priority of each LB host
+    cdef list waiting          # per host: streams waiting for a connection (max_connections)
+    cdef HostState state       # shared health / outlier state, None when not configured
+    cdef CircuitBreakers breakers  # None when the cluster has no limits
 
     cdef UpstreamConnection get_connection(self, int host)
     cdef void release(self, UpstreamConnection c)
+    cdef void connection_closed(self, UpstreamConnection c)
+    cdef int priority(self, int host) noexcept
 
 
 cdef class Stream:
@@ -69,6 +79,9 @@ cdef class Stream:
     cdef list pending_writes        # upstream writes queued while connecting
     cdef int64_t request_remaining  # request body bytes still to forward (content-length)
     cdef bint request_chunked
+    cdef bint waiting           # queued for a connection (circuit breaker max_connections)
+    cdef bint holds_request     # holds a breakers.try_request slot
+    cdef list response_headers  # headers request filters add to the response, or None
 
     cdef void reset(self)
 
@@ -100,6 +113,7 @@ cdef class DownstreamConnection:
     cdef int _on_request_body(self) except -1
     cdef void _request_complete(self)
     cdef int _forward_upstream(self, object data) except -1
+    cdef void _attach_upstream(self, UpstreamConnection up)
     cdef void _upstream_failed(self, int status, bytes body)
     cdef void _stream_stats_end(self, int status)
     cdef int _local_reply(self, int status, bytes body, bint close, list extra,
@@ -124,6 +138,7 @@ cdef class UpstreamConnection:
     cdef bint closed
     cdef object connect_timer
     cdef int64_t requests
+    cdef bint counted           # holds a breakers.try_connection slot
     cdef readonly object address
     cdef double last_activity
 
@@ -156,6 +171,9 @@ cdef class Worker:
     cdef uint64_t rng[2]
     cdef bint draining
     cdef object sweeper
+    cdef object health_timer
+    cdef readonly str shm_path
+    cdef readonly int index
     cdef bytes date_value
     cdef double date_time
 

@@ -32,11 +32,18 @@ from fastproxy._core.router cimport (
 )
 from fastproxy._core.lb cimport LoadBalancer
 from fastproxy._core.stats cimport *
+from fastproxy._core.hoststate cimport (
+    HostState, LOCAL_CONNECT_FAILED, LOCAL_CONNECT_TIMEOUT, LOCAL_RESET, LOCAL_REQUEST_TIMEOUT)
+from fastproxy._core.breakers cimport CircuitBreakers
+from fastproxy._core.ratelimit cimport RequestFilters
 
 import time as _time
 from fastproxy._core.router import RouteTable as _RouteTable
 from fastproxy._core.lb import LoadBalancer as _LoadBalancer
 from fastproxy._core.stats import StatsSlot as _StatsSlot
+from fastproxy._core.hoststate import make_host_state
+from fastproxy._core.breakers import make_circuit_breakers
+from fastproxy._core.ratelimit import make_request_filters
 
 # Downstream states
 cdef enum:
@@ -97,6 +104,7 @@ cdef bytes BODY_CONNECT_PREFIX = b"upstream connect error or disconnect/reset be
 cdef bytes BODY_STREAM_TIMEOUT = b"stream timeout"
 cdef bytes BODY_REQUEST_TIMEOUT = b"request timeout"
 cdef bytes BODY_PAYLOAD_TOO_LARGE = b"Payload Too Large"
+cdef bytes BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
 cdef inline double now() noexcept nogil:
@@ -231,6 +239,7 @@ cdef class ListenerRuntime:
         self.buffer_limit = model.per_connection_buffer_limit_bytes
         self.server_name = hcm.server_name.encode()
         self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
+        self.filters = make_request_filters(hcm, worker.shm_path, worker.index)
         self.server = None
 
     def protocol_factory(self):
@@ -250,7 +259,11 @@ cdef class ClusterRuntime:
         self.hosts = []
         self.host_authority = []
         self.idle = []
+        self.waiting = []
+        self.priorities = []
         self.lb = None
+        self.state = make_host_state(model, worker.shm_path, worker.index)
+        self.breakers = make_circuit_breakers(model, worker.shm_path, worker.index)
 
     async def resolve_initial(self):
         """Fill the host set: STATIC from the config, DNS clusters by resolving (and refreshing)."""
@@ -314,13 +327,23 @@ cdef class ClusterRuntime:
         self.host_authority = [
             (("[%s]:%d" if ":" in a else "%s:%d") % (a, p)).encode() for a, p in hosts]
         self.idle = [keep.pop(h, []) for h in hosts]
+        self.priorities = list(priorities)
+        old_waiting = {old_hosts[i]: q for i, q in enumerate(self.waiting) if i < len(old_hosts)}
+        self.waiting = [old_waiting.pop(h, []) for h in hosts]
+        for q in old_waiting.values():
+            for st in q:
+                (<Stream>st).downstream._upstream_failed(503, BODY_NO_HEALTHY)
         for conns in keep.values():
             for c in conns:
                 (<UpstreamConnection>c)._close_transport()
+        if self.state is not None:
+            self.state.set_hosts(list(hosts))
         changed = old_hosts != self.hosts
         if hosts:
             self.lb = _LoadBalancer(self.model.lb_policy, weights, priorities,
-                                    self.worker.random())
+                                    self.worker.random(), **self.model_lb_options())
+            if self.state is not None:
+                self.state.poll(self.lb)
         else:
             self.lb = None
         v = self.worker.values
@@ -329,24 +352,64 @@ cdef class ClusterRuntime:
         if changed and old_hosts:
             v[self.base + CLUSTER_MEMBERSHIP_CHANGE] += 1
 
+    def model_lb_options(self):
+        """Extra LoadBalancer arguments from the cluster's config (lb_config and friends)."""
+        return getattr(self.model, "lb_options", None) or {}
+
+    cdef int priority(self, int host) noexcept:
+        if 0 <= host < len(self.priorities):
+            return <int>self.priorities[host]
+        return 0
+
     cdef UpstreamConnection get_connection(self, int host):
+        """An idle pooled connection, or a new one; None when max_connections says wait."""
         cdef list idle = <list>self.idle[host]
         cdef UpstreamConnection c
         while idle:
             c = <UpstreamConnection>idle.pop()
             if not c.closed:
                 return c
+        if self.breakers is not None and not self.breakers.try_connection(self.priority(host)):
+            self.worker.values[self.base + CLUSTER_UPSTREAM_CX_OVERFLOW] += 1
+            return None
         c = UpstreamConnection(self, host)
+        c.counted = self.breakers is not None
         c.start_connect()
         return c
 
     cdef void release(self, UpstreamConnection c):
+        cdef Stream s
         if c.closed or c.host >= len(self.idle) or self.hosts[c.host] != c.address:
             c._close_transport()
             return
         c.state = U_IDLE
         c.stream = None
+        cdef list q = <list>self.waiting[c.host]
+        if q:
+            # A request waits for a connection to this host: it gets this one.
+            s = <Stream>q.pop(0)
+            s.waiting = False
+            if self.breakers is not None:
+                self.breakers.release_pending(self.priority(c.host))
+            s.downstream._attach_upstream(c)
+            return
         (<list>self.idle[c.host]).append(c)
+
+    cdef void connection_closed(self, UpstreamConnection c):
+        """A connection is gone: free its breaker slot, and start one for a waiting request."""
+        cdef Stream s
+        cdef UpstreamConnection n
+        if not c.counted:
+            return
+        c.counted = False
+        self.breakers.release_connection(self.priority(c.host))
+        if c.host < len(self.waiting) and self.waiting[c.host]:
+            n = self.get_connection(c.host)
+            if n is not None:
+                s = <Stream>(<list>self.waiting[c.host]).pop(0)
+                s.waiting = False
+                self.breakers.release_pending(self.priority(c.host))
+                s.downstream._attach_upstream(n)
 
 
 cdef class Stream:
@@ -368,6 +431,9 @@ cdef class Stream:
         self.pending_writes = None
         self.request_remaining = 0
         self.request_chunked = False
+        self.waiting = False
+        self.holds_request = False
+        self.response_headers = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,19 +674,40 @@ cdef class DownstreamConnection:
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
             return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
 
+        if lr.filters is not None:
+            rc = lr.filters.on_request(head, d)
+            if rc:
+                self._consume(head_len)
+                self.state = S_WAIT
+                return self._local_reply(rc, lr.filters.reply_body, head.body_kind != BODY_NONE,
+                                         lr.filters.reply_headers)
+            s.response_headers = lr.filters.response_headers(d)
+
         cluster = w.clusters.get(d.cluster)
         if cluster is None:
             self._consume(head_len)
             self.state = S_WAIT
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
             return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
-        host = cluster.lb.pick() if cluster.lb is not None else -1
+        if cluster.lb is None:
+            host = -1
+        elif d.has_hash:
+            host = cluster.lb.pick_hash(d.hash_value)
+        else:
+            host = cluster.lb.pick()
         if host < 0:
             self._consume(head_len)
             self.state = S_WAIT
             v[cluster.base + CLUSTER_UPSTREAM_CX_NONE_HEALTHY] += 1
             return self._local_reply(503, BODY_NO_HEALTHY, head.body_kind != BODY_NONE, None)
 
+        if cluster.breakers is not None:
+            if not cluster.breakers.try_request(cluster.priority(host)):
+                self._consume(head_len)
+                self.state = S_WAIT
+                v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW] += 1
+                return self._local_reply(503, BODY_OVERFLOW, head.body_kind != BODY_NONE, None)
+            s.holds_request = True
         s.cluster = cluster
         s.host = host
         cluster.lb.request_started(host)
@@ -643,9 +730,23 @@ cdef class DownstreamConnection:
         self._consume(head_len)
 
         up = cluster.get_connection(host)
-        s.upstream = up
-        up.attach(s)
-        up.send(out)
+        if up is None:
+            # max_connections reached: wait for a connection (max_pending_requests permitting).
+            if not cluster.breakers.try_pending(cluster.priority(host)):
+                v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW] += 1
+                self.state = S_WAIT
+                self._stream_stats_end(0)
+                return self._local_reply(503, BODY_OVERFLOW, not s.request_complete
+                                         and (s.request_remaining > 0 or s.request_chunked), None)
+            v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_TOTAL] += 1
+            v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] += 1
+            s.waiting = True
+            s.pending_writes = [out]
+            (<list>cluster.waiting[host]).append(s)
+        else:
+            s.upstream = up
+            up.attach(s)
+            up.send(out)
         if s.request_remaining > 0 or s.request_chunked:
             self.state = S_BODY
         else:
@@ -844,13 +945,31 @@ cdef class DownstreamConnection:
         if s.response_complete or c is None:
             return
         self.worker.values[c.base + CLUSTER_UPSTREAM_RQ_TIMEOUT] += 1
+        if c.state is not None:
+            c.state.report_local_failure(s.host, LOCAL_REQUEST_TIMEOUT)
         self._upstream_failed(504, BODY_TIMEOUT)
 
     cdef int _forward_upstream(self, object data) except -1:
-        cdef UpstreamConnection up = self.stream.upstream
+        cdef Stream s = self.stream
+        cdef UpstreamConnection up = s.upstream
         if up is not None:
             up.send(data)
+        elif s.waiting:
+            s.pending_writes.append(data)
         return 0
+
+    cdef void _attach_upstream(self, UpstreamConnection up):
+        """A request that waited for a connection gets one: send what it queued."""
+        cdef Stream s = self.stream
+        cdef list queued = s.pending_writes
+        cdef int64_t *v = self.worker.values
+        v[up.cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+        s.pending_writes = None
+        s.upstream = up
+        up.attach(s)
+        if queued:
+            for data in queued:
+                up.send(data)
 
     # -- response path (called by the upstream connection) --------------------------------------
     cdef void _upstream_failed(self, int status, bytes body):
@@ -877,6 +996,16 @@ cdef class DownstreamConnection:
             s.timer.cancel()
             s.timer = None
         if c is not None:
+            if s.waiting:
+                s.waiting = False
+                if s.host < len(c.waiting) and s in <list>c.waiting[s.host]:
+                    (<list>c.waiting[s.host]).remove(s)
+                v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+                if c.breakers is not None:
+                    c.breakers.release_pending(c.priority(s.host))
+            if s.holds_request:
+                s.holds_request = False
+                c.breakers.release_request(c.priority(s.host))
             v[c.base + CLUSTER_UPSTREAM_RQ_ACTIVE] -= 1
             if status:
                 v[c.base + CLUSTER_UPSTREAM_RQ_COMPLETED] += 1
@@ -1145,6 +1274,8 @@ cdef class UpstreamConnection:
         if exc is not None:
             self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
             self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
+            if c.state is not None:
+                c.state.report_local_failure(self.host, LOCAL_CONNECT_FAILED)
             self._connect_failed("remote connection failure")
 
     def _connect_timeout(self, task):
@@ -1156,6 +1287,8 @@ cdef class UpstreamConnection:
         c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_TIMEOUT] += 1
         c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
         c.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
+        if c.state is not None:
+            c.state.report_local_failure(self.host, LOCAL_CONNECT_TIMEOUT)
         self._connect_failed("connection timeout")
 
     cdef void _connect_failed(self, str reason):
@@ -1165,6 +1298,7 @@ cdef class UpstreamConnection:
             return
         self.closed = True
         self.state = U_CLOSED
+        c.connection_closed(self)
         v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] -= 1
         v[c.base + CLUSTER_UPSTREAM_CX_DESTROY] += 1
         v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
@@ -1178,7 +1312,7 @@ cdef class UpstreamConnection:
         if self.connected:
             self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_TOTAL] += 1
             self.state = U_HEAD
-        else:
+        elif s.pending_writes is None:
             s.pending_writes = []
 
     cdef void send(self, object data):
@@ -1289,8 +1423,11 @@ cdef class UpstreamConnection:
             self.keep_alive = False
             self._finish_body_eof()
             return
+        c.connection_closed(self)
         if not was_closed:
             v[c.base + CLUSTER_UPSTREAM_RQ_RX_RESET] += 1
+            if c.state is not None and s is not None:
+                c.state.report_local_failure(self.host, LOCAL_RESET)
             if self.state == U_HEAD and PyByteArray_GET_SIZE(self.buf):
                 # closed in the middle of a response head: a protocol error, as Envoy sees it
                 self.state = U_CLOSED
@@ -1328,6 +1465,8 @@ cdef class UpstreamConnection:
         s.status = head.status
         s.response_started = True
         self.keep_alive = head.keep_alive
+        if self.cluster.state is not None:
+            self.cluster.state.report_response(self.host, head.status)
         b.length = 0
         ob_put_bytes(b, <bytes>STATUS_LINES[head.status] if 100 <= head.status < 1000 else STATUS_LINES[500])
         cdef bint tunnel = head.status == 101 and s.upgrade
@@ -1354,6 +1493,12 @@ cdef class UpstreamConnection:
         ob_put(b, b"\r\n", 2)
         if s.decision.response_ops:
             apply_ops(b, s.decision.response_ops)
+        if s.response_headers:
+            for name, value in s.response_headers:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
         if not seen_date:
             ob_put(b, b"date: ", 6)
             ob_put_bytes(b, w.date())
@@ -1534,6 +1679,8 @@ cdef class Worker:
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.bootstrap = bootstrap
         self.layout = layout
+        self.shm_path = shm_path
+        self.index = worker_index
         self.stats = _StatsSlot(shm_path, worker_index + 1, layout)
         self.values = self.stats.values
         seed = int.from_bytes(os.urandom(16), "little")
@@ -1543,6 +1690,7 @@ cdef class Worker:
         self.connections = set()
         self.draining = False
         self.sweeper = None
+        self.health_timer = None
         self.date_value = None
         self.date_time = 0
         self.clusters = {}
@@ -1601,6 +1749,14 @@ cdef class Worker:
             (<ListenerRuntime>lr).server = await loop.create_server(
                 (<ListenerRuntime>lr).protocol_factory, sock=sock, backlog=1024)
         self.sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+        if any((<ClusterRuntime>c).state is not None for c in self.clusters.values()):
+            self.health_timer = loop.call_later(0.1, self._poll_host_state)
+
+    def _poll_host_state(self):
+        for c in self.clusters.values():
+            if (<ClusterRuntime>c).state is not None and (<ClusterRuntime>c).lb is not None:
+                (<ClusterRuntime>c).state.poll((<ClusterRuntime>c).lb)
+        self.health_timer = self.loop.call_later(0.1, self._poll_host_state)
 
     cdef double _sweep_interval_c(self):
         cdef double interval = 1.0
@@ -1641,6 +1797,9 @@ cdef class Worker:
         if self.sweeper is not None:
             self.sweeper.cancel()
             self.sweeper = None
+        if self.health_timer is not None:
+            self.health_timer.cancel()
+            self.health_timer = None
         self.stop_listening()
         for c in list(self.connections):
             (<DownstreamConnection>c)._close()

@@ -53,6 +53,8 @@ cdef class LoadBalancer:
     cdef readonly str policy
     # Pick a host; returns its index into the cluster's host list, or -1 when none is available.
     cdef int pick(self) noexcept
+    # Pick with the request's hash (RING_HASH, MAGLEV); other policies ignore it and pick().
+    cdef int pick_hash(self, uint64_t hash) noexcept
     # Active request bookkeeping: kept for every policy, read by LEAST_REQUEST. Call
     # request_finished once for each request_started, with the index pick() returned.
     cdef void request_started(self, int host) noexcept

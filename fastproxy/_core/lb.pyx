@@ -101,6 +101,9 @@ cdef class LoadBalancer:
     cdef int pick(self) noexcept:
         return fp_lb_pick(self.lb)
 
+    cdef int pick_hash(self, uint64_t hash) noexcept:
+        return fp_lb_pick(self.lb)
+
     cdef void request_started(self, int host) noexcept:
         fp_lb_request_started(self.lb, host)
 

@@ -179,6 +179,10 @@ cdef class RouteDecision:
     cdef public bint auto_host_rewrite  # set Host to the chosen upstream host's hostname
     cdef public object virtual_host     # name of the matched virtual host (str), None if none
     cdef public RouteEntry entry        # the matched route, None if none
+    # Route hash_policy (ring hash / maglev): the request's hash when a policy produced one.
+    cdef public bint has_hash
+    cdef public uint64_t hash_value
+    cdef public bytes set_cookie        # a Set-Cookie value to add to the response, or None
 
     cdef void reset(self)
 

@@ -181,6 +181,9 @@ cdef class RouteDecision:
         self.auto_host_rewrite = False
         self.virtual_host = None
         self.entry = None
+        self.has_hash = False
+        self.hash_value = 0
+        self.set_cookie = None
 
     def __repr__(self):
         return (f"RouteDecision(action={self.action}, cluster={self.cluster!r}, "

@@ -93,6 +93,16 @@ CLUSTER_STATS = [
     ("membership_healthy", GAUGE),
     ("membership_change", COUNTER),
     ("upstream_rq_pending_failure_eject", COUNTER),
+    ("upstream_cx_overflow", COUNTER),
+    ("upstream_rq_pending_overflow", COUNTER),
+    ("upstream_rq_retry", COUNTER),
+    ("upstream_rq_retry_success", COUNTER),
+    ("upstream_rq_retry_overflow", COUNTER),
+    ("upstream_rq_retry_limit_exceeded", COUNTER),
+    ("upstream_rq_retry_backoff_exponential", COUNTER),
+    ("upstream_rq_per_try_timeout", COUNTER),
+    ("upstream_rq_per_try_idle_timeout", COUNTER),
+    ("upstream_rq_max_duration_reached", COUNTER),
 ]
 # Per-status counters (upstream_rq_200...): Envoy creates them on first use; here they have fixed
 # slots, and the admin lists one only once it is non-zero.

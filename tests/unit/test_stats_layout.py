@@ -15,6 +15,12 @@ def _enum_members(text, section):
             for mm in re.finditer(r"^\s+([A-Z0-9_]+) = (\d+)", block, re.M)]
 
 
+def test_pxd_is_generated_from_the_tables():
+    from fastproxy.stats import pxdgen
+    assert open(pxdgen.path()).read() == pxdgen.render(), \
+        "stats.pxd is stale: run python -m fastproxy.stats.pxdgen"
+
+
 def test_pxd_enums_mirror_the_name_tables():
     text = open(PXD).read()
     tables = [("server", "SERVER_", names.SERVER_STATS), ("listener", "LISTENER_", names.LISTENER_STATS),
