@@ -131,6 +131,7 @@ cdef class RouteEntry:
     # One compiled route (matcher + action); built once per config.
     cdef readonly object name           # route name (str)
     cdef readonly object virtual_host   # name of the virtual host it belongs to (str)
+    cdef readonly object source         # the model.Route it was compiled from
     cdef readonly int action            # ACTION_ROUTE / ACTION_REDIRECT / ACTION_DIRECT_RESPONSE
     # route action
     cdef readonly object cluster        # str, or None

@@ -418,6 +418,7 @@ cdef class RouteTable:
         cdef int i
         e.name = r.name
         e.virtual_host = vhost_name
+        e.source = r
         route_req = _make_ops(list(r.headers.request_add), list(r.headers.request_remove))
         route_resp = _make_ops(list(r.headers.response_add), list(r.headers.response_remove))
         # Envoy's getHeaderParsers: most specific first unless most_specific_header_mutations_wins
