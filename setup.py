@@ -1,6 +1,7 @@
 """Build the compiled core: Cython extensions over csrc/ and the cffi (API mode) module.
 
-System libraries (Debian): libh2o-evloop-dev (exports picohttpparser's phr_* functions).
+System libraries (Debian): libh2o-evloop-dev (exports picohttpparser's phr_* functions),
+libxxhash-dev (xxHash64, the hash of Envoy's consistent-hashing load balancers).
 """
 import os
 
@@ -24,10 +25,12 @@ def core(name, sources=(), libraries=()):
 
 extensions = [
     core("http1", libraries=HTTP_LIBS),
-    core("router", libraries=HTTP_LIBS),
-    core("lb", sources=["csrc/fp_lb.c"]),
+    core("router", sources=["csrc/fp_hash.c", "csrc/fp_hash_policy.c"],
+         libraries=HTTP_LIBS + ["xxhash"]),
+    core("lb", sources=["csrc/fp_lb.c", "csrc/fp_hash.c", "csrc/fp_hash_lb.c"],
+         libraries=["xxhash"]),
     core("stats"),
-    core("hoststate"),
+    core("hoststate", sources=["csrc/fp_hoststate.c"]),
     core("breakers"),
     core("ratelimit", libraries=HTTP_LIBS),
     core("connection", libraries=HTTP_LIBS),

@@ -289,6 +289,9 @@ def render_docs(results: dict, plot_dir: Optional[str], doc_path: str) -> str:
                 if os.path.exists(img):
                     rel = os.path.relpath(img, doc_dir)
                     lines += [f"![{sc} {kind}]({rel})", ""]
+    lines += ["## Where the time goes", "",
+              "A profile of fastproxy's worker under this load (perf, kernel and user space) and "
+              "the micro-benchmarks of the compiled core are in [profile.md](profile.md).", ""]
     lines += ["## Method", "", METHOD, "## Limits", "", LIMITS,
               "## Commands", ""]
     for name, info in results["proxies"].items():

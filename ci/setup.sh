@@ -60,7 +60,7 @@ sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyt
 EOF
 }
 
-WANTED=(build-essential libh2o-evloop-dev libnghttp2-dev libssl-dev curl wrk haproxy nghttp2-client)
+WANTED=(build-essential libh2o-evloop-dev libnghttp2-dev libssl-dev libxxhash-dev curl wrk haproxy nghttp2-client)
 has_python_headers || WANTED+=(python3-dev)
 # A python3 without venv/pip (Debian's own, before python3-venv/python3-pip) needs them.
 if [ -z "$SYS_PY" ]; then

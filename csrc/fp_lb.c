@@ -17,7 +17,11 @@
  *     index that starts at the balancer's seed, or N random choices for LEAST_REQUEST.
  *   - the EDF schedule starts as if `seed` picks had already been made, so workers seeded
  *     differently start at different points of the rotation.
- *   - RANDOM ignores weights. */
+ *   - RANDOM ignores weights.
+ *   - RING_HASH and MAGLEV (Envoy's thread-aware balancers): each level has a table built over
+ *     its `use` hosts (healthy, or all in panic) whenever that set changes; a pick takes the
+ *     level from hash % 100 + 1 against the cumulative loads, then the table's host. Without a
+ *     request hash a random one is drawn. */
 #include "fp_lb.h"
 
 #include <math.h>
@@ -62,6 +66,8 @@ typedef struct {
     uint32_t rr_pos;      /* rr_count[source] % num_use, kept without a division per pick */
     uint64_t rr_count[2]; /* round robin index per source; survives rebuilds like Envoy's */
     fp_edf_t edf;
+    fp_ring_t ring;       /* RING_HASH */
+    fp_maglev_t maglev;   /* MAGLEV */
 } fp_lb_level_t;
 
 struct fp_lb {
@@ -80,7 +86,22 @@ struct fp_lb {
     uint32_t panic_threshold;
     uint32_t *index_storage;     /* 2 * num_hosts: the levels' `hosts` then `use` slices */
     void *heap_storage;          /* the levels' heap slices, 64-byte aligned */
+    /* RING_HASH / MAGLEV */
+    uint64_t min_ring_size;
+    uint64_t max_ring_size;
+    int hash_function;
+    uint64_t table_size;
+    char *key_blob;              /* the host keys, back to back */
+    const char **keys;           /* per host: its key in key_blob */
+    uint32_t *key_lens;
+    uint32_t *scratch;           /* num_hosts weights, for table builds */
+    const char **scratch_keys;
+    uint32_t *scratch_lens;
 };
+
+static inline int is_hashing(int policy) {
+    return policy == FP_LB_RING_HASH || policy == FP_LB_MAGLEV;
+}
 
 /* ---- PRNG: xoshiro256**, seeded through splitmix64 ---- */
 
@@ -228,6 +249,26 @@ static int weights_equal(const fp_lb_t *lb, const uint32_t *use, uint32_t n) {
     return 1;
 }
 
+/* Rebuilds the consistent-hashing table of a level over its `use` hosts. Out of memory leaves
+ * the table empty (its picks find no host) rather than failing the health update. */
+static void level_build_table(fp_lb_t *lb, fp_lb_level_t *level) {
+    fp_ring_free(&level->ring);
+    fp_maglev_free(&level->maglev);
+    const uint32_t n = level->num_use;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t host = level->use[i];
+        lb->scratch[i] = lb->hosts[host].weight;
+        lb->scratch_keys[i] = lb->keys[host];
+        lb->scratch_lens[i] = lb->key_lens[host];
+    }
+    const fp_hash_hosts_t hosts = {n, level->use, lb->scratch, lb->scratch_keys, lb->scratch_lens};
+    if (lb->policy == FP_LB_RING_HASH)
+        fp_ring_build(&level->ring, &hosts, lb->min_ring_size, lb->max_ring_size,
+                      lb->hash_function);
+    else
+        fp_maglev_build(&level->maglev, &hosts, lb->table_size);
+}
+
 static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
     const uint8_t source = level->panic ? SOURCE_ALL : SOURCE_HEALTHY;
     uint32_t n = 0;
@@ -241,6 +282,10 @@ static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
     level->rr_pos = n ? (uint32_t)(level->rr_count[source] % n) : 0;
     level->weighted = 0;
     level->edf.size = 0;
+    if (is_hashing(lb->policy)) {
+        level_build_table(lb, level);
+        return;
+    }
     if (lb->policy == FP_LB_RANDOM || n <= 1)
         return;
     if (weights_equal(lb, level->use, n) &&
@@ -340,6 +385,10 @@ void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed) {
     config->bias_forces_weighted = 0;
     config->overprovisioning_factor = FP_LB_DEFAULT_OVERPROVISIONING_FACTOR;
     config->panic_threshold = FP_LB_DEFAULT_PANIC_THRESHOLD;
+    config->min_ring_size = FP_RING_DEFAULT_MIN_SIZE;
+    config->max_ring_size = FP_RING_DEFAULT_MAX_SIZE;
+    config->hash_function = FP_RING_HASH_XX;
+    config->table_size = FP_MAGLEV_DEFAULT_TABLE_SIZE;
 }
 
 fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
@@ -347,8 +396,21 @@ fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint3
     uint32_t max_priority = 0;
     *err = FP_LB_OK;
     if (config->policy != FP_LB_ROUND_ROBIN && config->policy != FP_LB_LEAST_REQUEST &&
-        config->policy != FP_LB_RANDOM) {
+        config->policy != FP_LB_RANDOM && !is_hashing(config->policy)) {
         *err = FP_LB_EPOLICY;
+        return NULL;
+    }
+    if (config->policy == FP_LB_RING_HASH && config->min_ring_size > config->max_ring_size) {
+        *err = FP_LB_ERING;
+        return NULL;
+    }
+    if (config->policy == FP_LB_MAGLEV && !fp_is_prime(config->table_size)) {
+        *err = FP_LB_ETABLE;
+        return NULL;
+    }
+    if (is_hashing(config->policy) && num_hosts > 0 &&
+        (!config->host_keys || !config->host_key_lens)) {
+        *err = FP_LB_EKEYS;
         return NULL;
     }
     if (config->choice_count < 1) {
@@ -385,6 +447,35 @@ fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint3
     lb->bias_forces_weighted = config->bias_forces_weighted;
     lb->overprovisioning_factor = config->overprovisioning_factor;
     lb->panic_threshold = config->panic_threshold > 100 ? 100 : config->panic_threshold;
+    lb->min_ring_size = config->min_ring_size;
+    lb->max_ring_size = config->max_ring_size;
+    lb->hash_function = config->hash_function;
+    lb->table_size = config->table_size;
+    if (is_hashing(config->policy)) {
+        const size_t slots = num_hosts ? num_hosts : 1;
+        size_t blob = 1;
+        for (uint32_t i = 0; i < num_hosts; i++)
+            blob += config->host_key_lens[i];
+        lb->key_blob = malloc(blob);
+        lb->keys = calloc(slots, sizeof(*lb->keys));
+        lb->key_lens = calloc(slots, sizeof(*lb->key_lens));
+        lb->scratch = calloc(slots, sizeof(*lb->scratch));
+        lb->scratch_keys = calloc(slots, sizeof(*lb->scratch_keys));
+        lb->scratch_lens = calloc(slots, sizeof(*lb->scratch_lens));
+        if (!lb->key_blob || !lb->keys || !lb->key_lens || !lb->scratch || !lb->scratch_keys ||
+            !lb->scratch_lens) {
+            fp_lb_free(lb);
+            *err = FP_LB_ENOMEM;
+            return NULL;
+        }
+        size_t at = 0;
+        for (uint32_t i = 0; i < num_hosts; i++) {
+            memcpy(lb->key_blob + at, config->host_keys[i], config->host_key_lens[i]);
+            lb->keys[i] = lb->key_blob + at;
+            lb->key_lens[i] = config->host_key_lens[i];
+            at += config->host_key_lens[i];
+        }
+    }
     lb->hosts = calloc(num_hosts ? num_hosts : 1, sizeof(*lb->hosts));
     lb->levels = calloc(lb->num_levels, sizeof(*lb->levels));
     lb->index_storage = calloc(2 * (size_t)(num_hosts ? num_hosts : 1), sizeof(uint32_t));
@@ -443,14 +534,58 @@ void fp_lb_free(fp_lb_t *lb) {
     if (!lb)
         return;
     free(lb->hosts);
-    free(lb->levels);
     free(lb->index_storage);
     free(lb->heap_storage);
+    if (lb->levels)
+        for (uint32_t p = 0; p < lb->num_levels; p++) {
+            fp_ring_free(&lb->levels[p].ring);
+            fp_maglev_free(&lb->levels[p].maglev);
+        }
+    free(lb->levels);
+    free(lb->key_blob);
+    free(lb->keys);
+    free(lb->key_lens);
+    free(lb->scratch);
+    free(lb->scratch_keys);
+    free(lb->scratch_lens);
     free(lb);
+}
+
+int32_t fp_lb_pick_hash(fp_lb_t *lb, uint64_t hash) {
+    if (!is_hashing(lb->policy))
+        return fp_lb_pick(lb);
+    const fp_lb_level_t *level;
+    if (lb->only_level >= 0) {
+        level = &lb->levels[lb->only_level];
+    } else {
+        /* Envoy's choosePriority: the hash itself draws the level. */
+        const uint32_t draw = (uint32_t)(hash % 100) + 1;
+        uint32_t cumulative = 0, p = 0;
+        for (; p + 1 < lb->num_levels; p++) {
+            cumulative += lb->levels[p].load;
+            if (draw <= cumulative)
+                break;
+        }
+        level = &lb->levels[p];
+    }
+    if (lb->policy == FP_LB_RING_HASH)
+        return fp_ring_pick(&level->ring, hash);
+    return fp_maglev_pick(&level->maglev, hash);
+}
+
+int fp_lb_uses_hash(const fp_lb_t *lb) { return is_hashing(lb->policy); }
+
+uint64_t fp_lb_table_size(const fp_lb_t *lb, uint32_t priority) {
+    if (priority >= lb->num_levels)
+        return 0;
+    return lb->policy == FP_LB_RING_HASH ? lb->levels[priority].ring.size
+                                         : lb->levels[priority].maglev.size;
 }
 
 int32_t fp_lb_pick(fp_lb_t *lb) {
     fp_lb_level_t *level;
+    if (is_hashing(lb->policy))
+        return fp_lb_pick_hash(lb, rng_next(lb->rng));
     uint64_t r = 0;
     int have_r = 0;
 

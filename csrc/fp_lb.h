@@ -1,5 +1,6 @@
-/* Load balancer picks over one cluster's host array: ROUND_ROBIN, LEAST_REQUEST and RANDOM with
- * Envoy's semantics (weights, priority levels with overprovisioning and panic, EDF schedules).
+/* Load balancer picks over one cluster's host array: ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH
+ * and MAGLEV with Envoy's semantics (weights, priority levels with overprovisioning and panic, EDF
+ * schedules, consistent-hashing tables built as Envoy builds them: fp_hash_lb.h).
  *
  * A balancer is built once per cluster membership and worker; fp_lb_pick() allocates nothing and
  * runs in O(1) (unweighted round robin, random, N choices) or O(log n) (EDF). The per-host healthy
@@ -11,9 +12,13 @@
 
 #include <stdint.h>
 
+#include "fp_hash_lb.h"
+
 #define FP_LB_ROUND_ROBIN 0
 #define FP_LB_LEAST_REQUEST 1
 #define FP_LB_RANDOM 2
+#define FP_LB_RING_HASH 3
+#define FP_LB_MAGLEV 4
 
 /* Envoy's defaults. */
 #define FP_LB_DEFAULT_OVERPROVISIONING_FACTOR 140 /* percent: 1.4 */
@@ -28,6 +33,9 @@
 #define FP_LB_EPRIORITY 4 /* a priority above FP_LB_MAX_PRIORITY */
 #define FP_LB_ECHOICES 5  /* choice_count below 1 */
 #define FP_LB_EBIAS 6     /* negative or NaN active_request_bias */
+#define FP_LB_ERING 7     /* ring hash: minimum_ring_size above maximum_ring_size */
+#define FP_LB_ETABLE 8    /* maglev: table_size not a prime */
+#define FP_LB_EKEYS 9     /* a hashing policy without host keys */
 
 #define FP_LB_MAX_PRIORITY 127
 
@@ -42,6 +50,14 @@ typedef struct {
                                         Envoy does when active_request_bias is set explicitly) */
     uint32_t overprovisioning_factor; /* percent; 140 = 1.4 */
     uint32_t panic_threshold;        /* percent; 0 disables panic */
+    /* RING_HASH and MAGLEV: */
+    uint64_t min_ring_size;          /* ring hash; default 1024 */
+    uint64_t max_ring_size;          /* ring hash; default 8M */
+    int hash_function;               /* ring hash: FP_RING_HASH_XX / FP_RING_HASH_MURMUR2 */
+    uint64_t table_size;             /* maglev; a prime, default 65537 */
+    const char *const *host_keys;    /* per host: the key it hashes as (its address as Envoy
+                                        prints it, "10.0.0.1:80"); copied by fp_lb_new */
+    const uint32_t *host_key_lens;
 } fp_lb_config_t;
 
 /* Fills `config` with Envoy's defaults for `policy`. */
@@ -56,6 +72,16 @@ void fp_lb_free(fp_lb_t *lb);
 /* The index of the chosen host (its position in the arrays given to fp_lb_new), or -1 when no
  * host can be chosen. */
 int32_t fp_lb_pick(fp_lb_t *lb);
+
+/* RING_HASH / MAGLEV: the host owning `hash` (the level chosen from hash % 100 as Envoy does,
+ * then the level's table). Other policies ignore the hash and pick as fp_lb_pick(). For the
+ * hashing policies, fp_lb_pick() is a pick with a random hash (Envoy's behaviour when a request
+ * has no hash). */
+int32_t fp_lb_pick_hash(fp_lb_t *lb, uint64_t hash);
+/* Whether picks use a request hash (RING_HASH, MAGLEV). */
+int fp_lb_uses_hash(const fp_lb_t *lb);
+/* The number of entries of the table of `priority` (ring points or maglev slots; 0 if none). */
+uint64_t fp_lb_table_size(const fp_lb_t *lb, uint32_t priority);
 
 /* Active request bookkeeping (read by LEAST_REQUEST, kept for every policy). Out-of-range host
  * indexes are ignored; finishing a host with no active request leaves it at 0. */

@@ -1,4 +1,5 @@
-"""Micro-benchmark: the cost of one load balancer pick, per policy, for 3 and 1,000 hosts.
+"""Micro-benchmark: the cost of one load balancer pick, per policy, for 3 and 1,000 hosts
+(test_pick; test_pick_hash for RING_HASH and MAGLEV picks with a request hash).
 
 Each round makes PICKS picks through LoadBalancer.bench_picks, a Cython loop over the cdef
 `pick()` the connection layer calls, so Python's call overhead is spread over the whole batch;
@@ -48,6 +49,32 @@ def test_pick(benchmark, name, policy, weights, options, num_hosts):
     ns_per_pick = benchmark.stats.stats.min * 1e9 / PICKS
     benchmark.extra_info["ns_per_pick"] = round(ns_per_pick, 1)
     benchmark.extra_info["picks_per_round"] = PICKS
+
+
+# Consistent hashing: pick_hash with a new, well-spread hash per pick (a Weyl sequence in
+# LoadBalancer.bench_pick_hashes), so ring searches and maglev lookups touch the whole table.
+HASH_CASES = [
+    ("ring_hash_xx", "RING_HASH", {}),
+    ("ring_hash_murmur2", "RING_HASH", {"hash_function": "MURMUR_HASH_2"}),
+    ("maglev", "MAGLEV", {}),
+]
+
+
+@pytest.mark.parametrize("num_hosts", [3, 1000])
+@pytest.mark.parametrize("name,policy,options", HASH_CASES, ids=[c[0] for c in HASH_CASES])
+def test_pick_hash(benchmark, name, policy, options, num_hosts):
+    weights = [1 + i % 7 for i in range(num_hosts)]
+    keys = [f"10.0.{i // 250}.{i % 250 + 1}:8080" for i in range(num_hosts)]
+    lb = LoadBalancer(policy, weights, [0] * num_hosts, seed=12345, host_keys=keys, **options)
+    lb.bench_pick_hashes(PICKS)
+    benchmark.group = f"lb pick_hash, {num_hosts} hosts"
+    result = benchmark.pedantic(lb.bench_pick_hashes, args=(PICKS,), rounds=20, iterations=1,
+                                warmup_rounds=2)
+    assert 0 <= result < num_hosts
+    ns_per_pick = benchmark.stats.stats.min * 1e9 / PICKS
+    benchmark.extra_info["ns_per_pick"] = round(ns_per_pick, 1)
+    benchmark.extra_info["picks_per_round"] = PICKS
+    benchmark.extra_info["table_size"] = lb.table_sizes()[0]
 
 
 @pytest.mark.parametrize("num_hosts", [3, 1000])

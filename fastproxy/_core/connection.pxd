@@ -54,7 +54,9 @@ cdef class ClusterRuntime:
     cdef HostState state       # shared health / outlier state, None when not configured
     cdef CircuitBreakers breakers  # None when the cluster has no limits
 
-    cdef UpstreamConnection get_connection(self, int host)
+    cdef dict conn_count       # connections (open or opening) per host address
+    cdef UpstreamConnection get_idle(self, int host)
+    cdef UpstreamConnection new_connection(self, int host)
     cdef void release(self, UpstreamConnection c)
     cdef void connection_closed(self, UpstreamConnection c)
     cdef int priority(self, int host) noexcept
@@ -80,8 +82,24 @@ cdef class Stream:
     cdef int64_t request_remaining  # request body bytes still to forward (content-length)
     cdef bint request_chunked
     cdef bint waiting           # queued for a connection (circuit breaker max_connections)
+    cdef bint pending           # no ready connection yet (max_pending_requests, pending stats)
     cdef bint holds_request     # holds a breakers.try_request slot
     cdef list response_headers  # headers request filters add to the response, or None
+    # retries (route retry_policy)
+    cdef object retry           # model.RetryPolicy, or None
+    cdef object retry_on        # frozenset of conditions
+    cdef int retries_left
+    cdef int attempt            # 1 for the first try
+    cdef int64_t per_try_ms
+    cdef bytes head_bytes       # the upstream head, kept for a retry
+    cdef list replay            # body bytes sent so far, kept for a retry; None = cannot replay
+    cdef size_t replay_size
+    cdef list tried             # hosts tried, for the previous_hosts predicate
+    cdef object per_try_timer
+    cdef object per_try_idle_timer
+    cdef object retry_timer
+    cdef bint holds_retry
+    cdef int internal           # -1 unknown, 0 external, 1 internal request
 
     cdef void reset(self)
 
@@ -109,12 +127,20 @@ cdef class DownstreamConnection:
     cdef bytes _serialize_request(self, RequestHead *head, RouteDecision d,
                                   ClusterRuntime cluster, int host)
     cdef bytes _remote_ip(self)
-    cdef bint _remote_is_internal(self)
     cdef int _on_request_body(self) except -1
     cdef void _request_complete(self)
     cdef int _forward_upstream(self, object data) except -1
     cdef void _attach_upstream(self, UpstreamConnection up)
+    cdef int _send_to_host(self, ClusterRuntime c, int host, list writes) except -1
+    cdef void _end_pending(self)
     cdef void _upstream_failed(self, int status, bytes body)
+    cdef void _attempt_failed(self, int kind, int status, bytes body)
+    cdef bint _retriable_status(self, int status)
+    cdef bint _retry(self)
+    cdef void _start_per_try_timer(self)
+    cdef bint _request_internal(self, RequestHead *head)
+    cdef int _setup_retry(self, RequestHead *head, RouteDecision d) except -1
+    cdef int _pick_host(self, ClusterRuntime cluster, RouteDecision d, list avoid) except -2
     cdef void _stream_stats_end(self, int status)
     cdef int _local_reply(self, int status, bytes body, bint close, list extra,
                           tuple ops=*) except -1
@@ -139,6 +165,7 @@ cdef class UpstreamConnection:
     cdef object connect_timer
     cdef int64_t requests
     cdef bint counted           # holds a breakers.try_connection slot
+    cdef bint accounted         # its close has been accounted by the cluster
     cdef readonly object address
     cdef double last_activity
 

@@ -26,6 +26,7 @@ from fastproxy._core.http1 cimport (
     PARSE_INCOMPLETE, PARSE_ERROR, PARSE_TOO_LARGE, PARSE_NOT_IMPLEMENTED, PARSE_TOO_MANY_HEADERS,
     BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_EOF,
 )
+from fastproxy._core.http1 cimport find_header
 from fastproxy._core.router cimport (
     RouteTable, RouteDecision, HeaderOps, RouteEntry,
     ACTION_NONE, ACTION_ROUTE, ACTION_REDIRECT, ACTION_DIRECT_RESPONSE, ACTION_NO_CLUSTER,
@@ -105,6 +106,19 @@ cdef bytes BODY_STREAM_TIMEOUT = b"stream timeout"
 cdef bytes BODY_REQUEST_TIMEOUT = b"request timeout"
 cdef bytes BODY_PAYLOAD_TOO_LARGE = b"Payload Too Large"
 cdef bytes BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+cdef list OVERLOADED = [(b"x-envoy-overloaded", b"true")]
+
+
+# Why an attempt failed (for retry_on)
+cdef enum:
+    FAIL_CONNECT = 1
+    FAIL_RESET = 2
+    FAIL_PER_TRY_TIMEOUT = 3
+
+cdef frozenset RETRY_ON_CONNECT = frozenset(["5xx", "gateway-error", "reset", "connect-failure",
+                                             "reset-before-request"])
+cdef frozenset RETRY_ON_RESET = frozenset(["5xx", "gateway-error", "reset"])
+cdef frozenset RETRY_ON_PER_TRY = frozenset(["5xx", "gateway-error"])
 
 
 cdef inline double now() noexcept nogil:
@@ -261,6 +275,7 @@ cdef class ClusterRuntime:
         self.idle = []
         self.waiting = []
         self.priorities = []
+        self.conn_count = {}
         self.lb = None
         self.state = make_host_state(model, worker.shm_path, worker.index)
         self.breakers = make_circuit_breakers(model, worker.shm_path, worker.index)
@@ -340,8 +355,11 @@ cdef class ClusterRuntime:
             self.state.set_hosts(list(hosts))
         changed = old_hosts != self.hosts
         if hosts:
+            opts = dict(self.model_lb_options())
+            if self.model.type != "STATIC":
+                opts["host_keys"] = list(self.host_authority)  # hash keys as Envoy forms them
             self.lb = _LoadBalancer(self.model.lb_policy, weights, priorities,
-                                    self.worker.random(), **self.model_lb_options())
+                                    self.worker.random(), **opts)
             if self.state is not None:
                 self.state.poll(self.lb)
         else:
@@ -357,23 +375,33 @@ cdef class ClusterRuntime:
         return getattr(self.model, "lb_options", None) or {}
 
     cdef int priority(self, int host) noexcept:
-        if 0 <= host < len(self.priorities):
-            return <int>self.priorities[host]
+        """The circuit-breaker priority: the route's (DEFAULT) until routes carry a priority."""
         return 0
 
-    cdef UpstreamConnection get_connection(self, int host):
-        """An idle pooled connection, or a new one; None when max_connections says wait."""
+    cdef UpstreamConnection get_idle(self, int host):
+        """An idle pooled connection to `host`, or None."""
         cdef list idle = <list>self.idle[host]
         cdef UpstreamConnection c
         while idle:
             c = <UpstreamConnection>idle.pop()
             if not c.closed:
                 return c
-        if self.breakers is not None and not self.breakers.try_connection(self.priority(host)):
-            self.worker.values[self.base + CLUSTER_UPSTREAM_CX_OVERFLOW] += 1
-            return None
+        return None
+
+    cdef UpstreamConnection new_connection(self, int host):
+        """A new connection to `host`, or None when max_connections says wait.  As in Envoy, a
+        host without any connection always gets one."""
+        cdef UpstreamConnection c
+        cdef bint counted = False
+        address = self.hosts[host]
+        if self.breakers is not None:
+            counted = self.breakers.try_connection(self.priority(host))
+            if not counted and self.conn_count.get(address, 0) > 0:
+                self.worker.values[self.base + CLUSTER_UPSTREAM_CX_OVERFLOW] += 1
+                return None
         c = UpstreamConnection(self, host)
-        c.counted = self.breakers is not None
+        c.counted = counted
+        self.conn_count[address] = self.conn_count.get(address, 0) + 1
         c.start_connect()
         return c
 
@@ -389,8 +417,6 @@ cdef class ClusterRuntime:
             # A request waits for a connection to this host: it gets this one.
             s = <Stream>q.pop(0)
             s.waiting = False
-            if self.breakers is not None:
-                self.breakers.release_pending(self.priority(c.host))
             s.downstream._attach_upstream(c)
             return
         (<list>self.idle[c.host]).append(c)
@@ -399,16 +425,22 @@ cdef class ClusterRuntime:
         """A connection is gone: free its breaker slot, and start one for a waiting request."""
         cdef Stream s
         cdef UpstreamConnection n
-        if not c.counted:
+        if c.accounted:
             return
-        c.counted = False
-        self.breakers.release_connection(self.priority(c.host))
-        if c.host < len(self.waiting) and self.waiting[c.host]:
-            n = self.get_connection(c.host)
+        c.accounted = True
+        n_left = self.conn_count.get(c.address, 1) - 1
+        if n_left > 0:
+            self.conn_count[c.address] = n_left
+        else:
+            self.conn_count.pop(c.address, None)
+        if c.counted:
+            c.counted = False
+            self.breakers.release_connection(self.priority(c.host))
+        if c.host < len(self.waiting) and self.waiting[c.host] and self.hosts[c.host] == c.address:
+            n = self.new_connection(c.host)
             if n is not None:
                 s = <Stream>(<list>self.waiting[c.host]).pop(0)
                 s.waiting = False
-                self.breakers.release_pending(self.priority(c.host))
                 s.downstream._attach_upstream(n)
 
 
@@ -432,8 +464,23 @@ cdef class Stream:
         self.request_remaining = 0
         self.request_chunked = False
         self.waiting = False
+        self.pending = False
         self.holds_request = False
         self.response_headers = None
+        self.retry = None
+        self.retry_on = None
+        self.retries_left = 0
+        self.attempt = 1
+        self.per_try_ms = 0
+        self.head_bytes = None
+        self.replay = None
+        self.replay_size = 0
+        self.tried = None
+        self.per_try_timer = None
+        self.per_try_idle_timer = None
+        self.retry_timer = None
+        self.holds_retry = False
+        self.internal = -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,6 +508,7 @@ cdef class DownstreamConnection:
         self.write = transport.write
         self.last_activity = now()
         transport.set_write_buffer_limits(high=lr.buffer_limit)
+        set_decision_addresses(self.stream.decision, transport)
         self.worker.connections.add(self)
         v[lr.listener_base + LISTENER_DOWNSTREAM_CX_TOTAL] += 1
         v[lr.listener_base + LISTENER_DOWNSTREAM_CX_ACTIVE] += 1
@@ -657,6 +705,16 @@ cdef class DownstreamConnection:
 
         v[lr.http_base + HTTP_RQ_TOTAL] += 1
         action = lr.routes.route(head, d, False, w.random())
+        if lr.filters is not None:
+            # HTTP filters before the router see every request, whatever the route says.
+            rc = lr.filters.on_request(head, d)
+            if rc:
+                self._consume(head_len)
+                self.state = S_WAIT
+                s.response_headers = lr.filters.reply_late_headers
+                return self._local_reply(rc, lr.filters.reply_body, head.body_kind != BODY_NONE,
+                                         lr.filters.reply_headers)
+            s.response_headers = lr.filters.response_headers(d)
         if action != ACTION_ROUTE:
             self._consume(head_len)
             self.state = S_WAIT
@@ -674,27 +732,14 @@ cdef class DownstreamConnection:
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
             return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
 
-        if lr.filters is not None:
-            rc = lr.filters.on_request(head, d)
-            if rc:
-                self._consume(head_len)
-                self.state = S_WAIT
-                return self._local_reply(rc, lr.filters.reply_body, head.body_kind != BODY_NONE,
-                                         lr.filters.reply_headers)
-            s.response_headers = lr.filters.response_headers(d)
-
         cluster = w.clusters.get(d.cluster)
         if cluster is None:
             self._consume(head_len)
             self.state = S_WAIT
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
             return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
-        if cluster.lb is None:
-            host = -1
-        elif d.has_hash:
-            host = cluster.lb.pick_hash(d.hash_value)
-        else:
-            host = cluster.lb.pick()
+        self._setup_retry(head, d)
+        host = self._pick_host(cluster, d, None)
         if host < 0:
             self._consume(head_len)
             self.state = S_WAIT
@@ -705,8 +750,8 @@ cdef class DownstreamConnection:
             if not cluster.breakers.try_request(cluster.priority(host)):
                 self._consume(head_len)
                 self.state = S_WAIT
-                v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW] += 1
-                return self._local_reply(503, BODY_OVERFLOW, head.body_kind != BODY_NONE, None)
+                v[cluster.base + CLUSTER_UPSTREAM_RQ_ACTIVE_OVERFLOW] += 1
+                return self._local_reply(503, BODY_OVERFLOW, head.body_kind != BODY_NONE, OVERLOADED)
             s.holds_request = True
         s.cluster = cluster
         s.host = host
@@ -729,30 +774,140 @@ cdef class DownstreamConnection:
             body_decoder_init(&self.body, BODY_CHUNKED, 0)
         self._consume(head_len)
 
-        up = cluster.get_connection(host)
-        if up is None:
-            # max_connections reached: wait for a connection (max_pending_requests permitting).
-            if not cluster.breakers.try_pending(cluster.priority(host)):
-                v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW] += 1
-                self.state = S_WAIT
-                self._stream_stats_end(0)
-                return self._local_reply(503, BODY_OVERFLOW, not s.request_complete
-                                         and (s.request_remaining > 0 or s.request_chunked), None)
-            v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_TOTAL] += 1
-            v[cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] += 1
-            s.waiting = True
-            s.pending_writes = [out]
-            (<list>cluster.waiting[host]).append(s)
-        else:
-            s.upstream = up
-            up.attach(s)
-            up.send(out)
+        if s.retries_left > 0:
+            s.head_bytes = out
+            s.replay = []
+            s.tried = [host]
+        if self._send_to_host(cluster, host, [out]):
+            # max_pending_requests overflow
+            self.state = S_WAIT
+            self._stream_stats_end(0)
+            return self._local_reply(503, BODY_OVERFLOW, s.request_remaining > 0 or s.request_chunked,
+                                     OVERLOADED)
         if s.request_remaining > 0 or s.request_chunked:
             self.state = S_BODY
         else:
             self.state = S_WAIT
             self._request_complete()
         return 0
+
+    cdef int _send_to_host(self, ClusterRuntime c, int host, list writes) except -1:
+        """Send the request (`writes`) to `host` on an idle connection, a new one, or after
+        waiting for one (max_connections).  A request without a ready connection is pending, as
+        in Envoy (max_pending_requests); returns 1 when that overflows, else 0."""
+        cdef Stream s = self.stream
+        cdef int64_t *v = self.worker.values
+        cdef UpstreamConnection up = c.get_idle(host)
+        if up is None:
+            if c.breakers is not None and not c.breakers.try_pending(c.priority(host)):
+                v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW] += 1
+                return 1
+            s.pending = True
+            v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_TOTAL] += 1
+            v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] += 1
+            up = c.new_connection(host)
+            if up is None:
+                s.waiting = True
+                s.pending_writes = list(writes)
+                (<list>c.waiting[host]).append(s)
+                return 0
+        s.upstream = up
+        up.attach(s)
+        for data in writes:
+            up.send(data)
+        return 0
+
+    cdef void _end_pending(self):
+        """The request has a ready connection (or is gone): it is no longer pending."""
+        cdef Stream s = self.stream
+        cdef ClusterRuntime c = s.cluster
+        if not s.pending:
+            return
+        s.pending = False
+        if c is not None:
+            self.worker.values[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+            if c.breakers is not None:
+                c.breakers.release_pending(c.priority(s.host))
+
+    cdef int _pick_host(self, ClusterRuntime cluster, RouteDecision d, list avoid) except -2:
+        """A host for this request; with `avoid` (previous_hosts), re-pick up to
+        host_selection_retry_max_attempts times to find one not tried yet."""
+        cdef int host, tries = 1
+        if cluster.lb is None:
+            return -1
+        if avoid is not None:
+            tries = max(1, self.stream.retry.host_selection_retry_max_attempts)
+        while True:
+            host = cluster.lb.pick_hash(d.hash_value) if d.has_hash else cluster.lb.pick()
+            tries -= 1
+            if host < 0 or avoid is None or host not in avoid or tries <= 0:
+                return host
+
+    cdef int _setup_retry(self, RequestHead *head, RouteDecision d) except -1:
+        """The route's retry policy, and for an internal request the x-envoy-* request headers
+        that adjust it (x-envoy-retry-on, x-envoy-max-retries, x-envoy-upstream-rq-timeout-ms,
+        x-envoy-upstream-rq-per-try-timeout-ms), as Envoy's router reads them."""
+        cdef Stream s = self.stream
+        cdef size_t i
+        cdef const phr_header *h
+        cdef bint envoy_headers = False
+        rp = None
+        if d.entry is not None:
+            action = (<RouteEntry>d.entry).source.route
+            if action is not None:
+                rp = action.retry_policy
+        if rp is not None:
+            s.retry = rp
+            s.retry_on = rp.retry_on
+            s.retries_left = rp.num_retries
+            s.per_try_ms = rp.per_try_timeout_ms
+        for i in range(head.num_headers):
+            h = &head.headers[i]
+            if h.name_len > 8 and lit_eq(h.name, 8, b"x-envoy-", 8):
+                envoy_headers = True
+                break
+        if not envoy_headers or not self._request_internal(head):
+            return 0
+        for i in range(head.num_headers):
+            h = &head.headers[i]
+            if h.name_len <= 8 or not lit_eq(h.name, 8, b"x-envoy-", 8):
+                continue
+            value = PyBytes_FromStringAndSize(h.value, h.value_len)
+            if h.name_len == 16 and lit_eq(h.name, 16, b"x-envoy-retry-on", 16):
+                extra = frozenset(c.strip().decode("latin-1") for c in value.split(b",") if c.strip())
+                if s.retry is None:
+                    s.retry = _DEFAULT_RETRY
+                    s.retries_left = 1
+                s.retry_on = (s.retry_on or frozenset()) | extra
+            elif h.name_len == 19 and lit_eq(h.name, 19, b"x-envoy-max-retries", 19) and value.isdigit():
+                s.retries_left = int(value)
+            elif h.name_len == 30 and lit_eq(h.name, 30, b"x-envoy-upstream-rq-timeout-ms", 30) \
+                    and value.isdigit():
+                d.timeout_ms = int(value)
+            elif h.name_len == 38 and \
+                    lit_eq(h.name, 38, b"x-envoy-upstream-rq-per-try-timeout-ms", 38) and value.isdigit():
+                s.per_try_ms = int(value)
+        return 0
+
+    cdef bint _request_internal(self, RequestHead *head):
+        """Envoy's internal request: the client address (the peer's with use_remote_address,
+        else the last x-forwarded-for entry) is RFC 1918 or unique-local; loopback is not."""
+        cdef Stream s = self.stream
+        cdef int i
+        if s.internal >= 0:
+            return s.internal == 1
+        if self.listener.use_remote_address:
+            s.internal = is_internal_ip(self._remote_ip())
+            return s.internal == 1
+        s.internal = 0
+        i = find_header(head.headers, head.num_headers, b"x-forwarded-for", 15)
+        if i >= 0:
+            xff = PyBytes_FromStringAndSize(head.headers[i].value, head.headers[i].value_len)
+            hops = [a.strip() for a in xff.split(b",")]
+            k = len(hops) - 1 - self.listener.xff_num_trusted_hops
+            if k >= 0:
+                s.internal = is_internal_ip(hops[k])
+        return s.internal == 1
 
     cdef void _consume(self, Py_ssize_t n):
         del self.buf[:n]
@@ -769,7 +924,7 @@ cdef class DownstreamConnection:
         cdef const phr_header *h
         cdef bint seen_xfp = False, seen_rid = False, seen_xff = False, seen_cl = False
         cdef bint edge = lr.use_remote_address
-        cdef bint external = edge and not self._remote_is_internal()
+        cdef bint external = edge and not self._request_internal(head)
         cdef bint rewrote_path = False
         cdef RouteEntry entry = <RouteEntry>d.entry if d.entry is not None else None
         b.length = 0
@@ -823,13 +978,9 @@ cdef class DownstreamConnection:
                 ob_put(b, b"\r\n", 2)
                 continue
             elif h.name_len > 8 and lit_eq(h.name, 8, b"x-envoy-", 8):
-                # Internal-only headers: never trusted from an external client, and these are
-                # always Envoy's own to set.
-                if external:
-                    continue
-                if (h.name_len == 16 and lit_eq(h.name, 16, b"x-envoy-internal", 16)) or \
-                        (h.name_len == 30 and
-                         lit_eq(h.name, 30, b"x-envoy-expected-rq-timeout-ms", 30)):
+                # Internal-only headers: dropped unless the request is internal; the router's
+                # own (read above, or set below) never travel on.
+                if not self._request_internal(head) or consumed_envoy_header(h.name, h.name_len):
                     continue
             ob_put_lower(b, h.name, h.name_len)
             ob_put(b, b": ", 2)
@@ -853,9 +1004,12 @@ cdef class DownstreamConnection:
             ob_put(b, b"x-request-id: ", 14)
             w.put_uuid4(b)
             ob_put(b, b"\r\n", 2)
-        if d.timeout_ms > 0:
+        if d.timeout_ms > 0 or self.stream.per_try_ms > 0:
             ob_put(b, b"x-envoy-expected-rq-timeout-ms: ", 32)
-            ob_put_int(b, d.timeout_ms)
+            if self.stream.per_try_ms > 0 and (d.timeout_ms == 0 or self.stream.per_try_ms < d.timeout_ms):
+                ob_put_int(b, self.stream.per_try_ms)
+            else:
+                ob_put_int(b, d.timeout_ms)
             ob_put(b, b"\r\n", 2)
         if d.request_ops:
             apply_ops(b, d.request_ops)
@@ -875,16 +1029,6 @@ cdef class DownstreamConnection:
             ob_put(b, b"content-length: 0\r\n", 19)
         ob_put(b, b"\r\n", 2)
         return ob_take(b)
-
-    cdef bint _remote_is_internal(self):
-        """Envoy's internal addresses: RFC 1918 and IPv6 unique-local (loopback is external)."""
-        ip = self._remote_ip()
-        if ip.startswith(b"10.") or ip.startswith(b"192.168."):
-            return True
-        if ip.startswith(b"172."):
-            parts = ip.split(b".")
-            return len(parts) == 4 and 16 <= int(parts[1]) <= 31
-        return ip[:2].lower() in (b"fc", b"fd")
 
     cdef bytes _remote_ip(self):
         if self.remote_ip is None:
@@ -937,6 +1081,133 @@ cdef class DownstreamConnection:
             self.state = S_WAIT
         if s.decision.timeout_ms > 0 and not s.response_complete:
             s.timer = self.worker.loop.call_later(s.decision.timeout_ms / 1000.0, self._on_timeout)
+        self._start_per_try_timer()
+
+    cdef void _start_per_try_timer(self):
+        cdef Stream s = self.stream
+        if s.per_try_ms > 0 and not s.response_started and s.upstream is not None:
+            if s.per_try_timer is not None:
+                s.per_try_timer.cancel()
+            s.per_try_timer = self.worker.loop.call_later(s.per_try_ms / 1000.0, self._on_per_try_timeout)
+        if s.retry is not None and s.retry.per_try_idle_timeout_ms > 0 and s.upstream is not None:
+            if s.per_try_idle_timer is not None:
+                s.per_try_idle_timer.cancel()
+            s.per_try_idle_timer = self.worker.loop.call_later(
+                s.retry.per_try_idle_timeout_ms / 1000.0, self._on_per_try_idle)
+
+    def _on_per_try_idle(self):
+        """per_try_idle_timeout: no byte to or from this attempt's upstream for that long.  The
+        timer is re-armed lazily for the rest of the interval after activity, so reads and
+        writes cost nothing."""
+        cdef Stream s = self.stream
+        cdef UpstreamConnection up = s.upstream
+        cdef double idle = s.retry.per_try_idle_timeout_ms / 1000.0 if s.retry is not None else 0
+        s.per_try_idle_timer = None
+        if s.response_complete or up is None or s.cluster is None or idle <= 0:
+            return
+        cdef double quiet = now() - up.last_activity
+        if quiet < idle:
+            s.per_try_idle_timer = self.worker.loop.call_later(idle - quiet, self._on_per_try_idle)
+            return
+        self.worker.values[s.cluster.base + CLUSTER_UPSTREAM_RQ_PER_TRY_IDLE_TIMEOUT] += 1
+        if s.response_started:
+            self._upstream_failed(504, BODY_TIMEOUT)  # closes: the response cannot complete
+            return
+        self._attempt_failed(FAIL_PER_TRY_TIMEOUT, 504, BODY_TIMEOUT)
+
+    def _on_per_try_timeout(self):
+        cdef Stream s = self.stream
+        s.per_try_timer = None
+        if s.response_started or s.response_complete or s.cluster is None:
+            return
+        self.worker.values[s.cluster.base + CLUSTER_UPSTREAM_RQ_PER_TRY_TIMEOUT] += 1
+        self._attempt_failed(FAIL_PER_TRY_TIMEOUT, 504, BODY_TIMEOUT)
+
+    cdef void _attempt_failed(self, int kind, int status, bytes body):
+        """One attempt failed before a response: retry when the policy says so, else answer."""
+        cdef Stream s = self.stream
+        cdef frozenset conditions
+        cdef UpstreamConnection up
+        if s.retry is not None and not s.response_started and s.retry_on:
+            conditions = RETRY_ON_CONNECT if kind == FAIL_CONNECT else (
+                RETRY_ON_RESET if kind == FAIL_RESET else RETRY_ON_PER_TRY)
+            if not conditions.isdisjoint(s.retry_on):
+                up = s.upstream
+                if up is not None:
+                    up.stream = None
+                    up._close_transport()
+                    s.upstream = None
+                if self._retry():
+                    return
+        self._upstream_failed(status, body)
+
+    cdef bint _retriable_status(self, int status):
+        cdef Stream s = self.stream
+        on = s.retry_on
+        if not on:
+            return False
+        if status >= 500 and "5xx" in on:
+            return True
+        if (status == 502 or status == 503 or status == 504) and "gateway-error" in on:
+            return True
+        if status == 409 and "retriable-4xx" in on:
+            return True
+        if "retriable-status-codes" in on and status in s.retry.retriable_status_codes:
+            return True
+        return False
+
+    cdef bint _retry(self):
+        """Schedule the next attempt after Envoy's jittered exponential back-off; False when no
+        attempt is left (or the retry circuit breaker is open)."""
+        cdef Stream s = self.stream
+        cdef ClusterRuntime c = s.cluster
+        cdef int64_t *v = self.worker.values
+        cdef uint64_t interval, cap
+        if c is None or s.retries_left <= 0 or s.replay is None or not s.request_complete:
+            if c is not None and s.retries_left <= 0 and s.retry is not None:
+                v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED] += 1
+            return False
+        if c.breakers is not None and not s.holds_retry:
+            if not c.breakers.try_retry(c.priority(s.host)):
+                v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW] += 1
+                return False
+            s.holds_retry = True
+        if s.per_try_timer is not None:
+            s.per_try_timer.cancel()
+            s.per_try_timer = None
+        s.retries_left -= 1
+        v[c.base + CLUSTER_UPSTREAM_RQ_RETRY] += 1
+        v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_EXPONENTIAL] += 1
+        cap = <uint64_t>s.retry.max_interval_ms
+        interval = (<uint64_t>s.retry.base_interval_ms) * ((<uint64_t>1 << min(s.attempt, 30)) - 1)
+        if interval > cap:
+            interval = cap
+        interval = self.worker.random() % interval if interval > 0 else 0
+        s.retry_timer = self.worker.loop.call_later(interval / 1000.0, self._do_retry)
+        return True
+
+    def _do_retry(self):
+        cdef Stream s = self.stream
+        cdef ClusterRuntime c = s.cluster
+        cdef RouteDecision d = s.decision
+        cdef UpstreamConnection up
+        cdef int host
+        s.retry_timer = None
+        if s.response_complete or self.transport is None or c is None:
+            return
+        host = self._pick_host(c, d, s.tried if s.retry.previous_hosts else None)
+        if host < 0:
+            self._upstream_failed(503, BODY_NO_HEALTHY)
+            return
+        c.lb.request_finished(s.host)
+        c.lb.request_started(host)
+        s.host = host
+        s.tried.append(host)
+        s.attempt += 1
+        if self._send_to_host(c, host, [s.head_bytes] + s.replay):
+            self._upstream_failed(503, BODY_OVERFLOW)
+            return
+        self._start_per_try_timer()
 
     def _on_timeout(self):
         cdef Stream s = self.stream
@@ -952,6 +1223,13 @@ cdef class DownstreamConnection:
     cdef int _forward_upstream(self, object data) except -1:
         cdef Stream s = self.stream
         cdef UpstreamConnection up = s.upstream
+        if s.replay is not None:
+            s.replay_size += len(data)
+            if s.replay_size > self.listener.buffer_limit:
+                s.replay = None  # too much to keep: this request cannot be retried
+                s.retries_left = 0
+            else:
+                s.replay.append(data)
         if up is not None:
             up.send(data)
         elif s.waiting:
@@ -962,10 +1240,10 @@ cdef class DownstreamConnection:
         """A request that waited for a connection gets one: send what it queued."""
         cdef Stream s = self.stream
         cdef list queued = s.pending_writes
-        cdef int64_t *v = self.worker.values
-        v[up.cluster.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
         s.pending_writes = None
         s.upstream = up
+        if up.connected:
+            self._end_pending()
         up.attach(s)
         if queued:
             for data in queued:
@@ -995,14 +1273,26 @@ cdef class DownstreamConnection:
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
+        if s.per_try_timer is not None:
+            s.per_try_timer.cancel()
+            s.per_try_timer = None
+        if s.per_try_idle_timer is not None:
+            s.per_try_idle_timer.cancel()
+            s.per_try_idle_timer = None
+        if s.retry_timer is not None:
+            s.retry_timer.cancel()
+            s.retry_timer = None
         if c is not None:
+            if s.holds_retry:
+                s.holds_retry = False
+                c.breakers.release_retry(c.priority(s.host))
+            if status and s.attempt > 1 and status < 500:
+                v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS] += 1
             if s.waiting:
                 s.waiting = False
                 if s.host < len(c.waiting) and s in <list>c.waiting[s.host]:
                     (<list>c.waiting[s.host]).remove(s)
-                v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
-                if c.breakers is not None:
-                    c.breakers.release_pending(c.priority(s.host))
+            self._end_pending()
             if s.holds_request:
                 s.holds_request = False
                 c.breakers.release_request(c.priority(s.host))
@@ -1041,6 +1331,13 @@ cdef class DownstreamConnection:
             ob_put(b, b"content-length: ", 16)
             ob_put_int(b, len(body))
             ob_put(b, b"\r\ncontent-type: text/plain\r\n", 28)
+        if s.response_headers:
+            # headers of the HTTP filters (x-ratelimit-*): after content-type, before date
+            for name, value in s.response_headers:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
         ob_put(b, b"date: ", 6)
         ob_put_bytes(b, w.date())
         ob_put(b, b"\r\nserver: ", 10)
@@ -1200,6 +1497,89 @@ cdef int apply_ops(OutBuf *b, tuple ops_list) except -1:
     return 0
 
 
+cdef void set_decision_addresses(RouteDecision d, transport):
+    """The client and listener addresses that hash policies read (set once per connection)."""
+    peer = transport.get_extra_info("peername")
+    local = transport.get_extra_info("sockname")
+    if peer:
+        ip = peer[0]
+        d.source_ip = ip.encode()
+        d.remote_address = (("[%s]:%d" if ":" in ip else "%s:%d") % (ip, peer[1])).encode()
+    if local:
+        d.local_address = (("[%s]:%d" if ":" in local[0] else "%s:%d") % (local[0], local[1])).encode()
+
+
+cdef bint retriable_headers_match(matchers, ResponseHead *head):
+    """retry_on retriable-headers: does any matcher match the response's headers?"""
+    cdef size_t i
+    headers = [(PyBytes_FromStringAndSize(head.headers[i].name, head.headers[i].name_len).lower()
+                .decode("latin-1"),
+                PyBytes_FromStringAndSize(head.headers[i].value, head.headers[i].value_len)
+                .decode("latin-1")) for i in range(head.num_headers)]
+    for m in matchers:
+        values = [v for n, v in headers if n == m.name]
+        if m.present is not None:
+            hit = bool(values) == m.present
+        elif not values:
+            continue
+        else:
+            hit = any(string_match(m.matcher, v) for v in values)
+        if hit != m.invert:
+            return True
+    return False
+
+
+def string_match(sm, str value):
+    a, b = (value.lower(), sm.value.lower()) if sm.ignore_case else (value, sm.value)
+    if sm.kind == "exact":
+        return a == b
+    if sm.kind == "prefix":
+        return a.startswith(b)
+    if sm.kind == "suffix":
+        return a.endswith(b)
+    if sm.kind == "contains":
+        return b in a
+    import re
+    return re.fullmatch(sm.value, value) is not None
+
+
+class _DefaultRetry:
+    """What a request gets from x-envoy-retry-on when its route has no retry policy."""
+    retry_on = frozenset()
+    num_retries = 1
+    per_try_timeout_ms = 0
+    per_try_idle_timeout_ms = 0
+    base_interval_ms = 25
+    max_interval_ms = 250
+    previous_hosts = False
+    host_selection_retry_max_attempts = 1
+    retriable_status_codes = ()
+    retriable_headers = ()
+
+
+_DEFAULT_RETRY = _DefaultRetry()
+
+
+def is_internal_ip(bytes ip):
+    """RFC 1918 and IPv6 unique-local addresses (Envoy's internal addresses)."""
+    if ip.startswith(b"10.") or ip.startswith(b"192.168."):
+        return 1
+    if ip.startswith(b"172."):
+        parts = ip.split(b".")
+        return 1 if len(parts) == 4 and parts[1].isdigit() and 16 <= int(parts[1]) <= 31 else 0
+    return 1 if ip[:2].lower() in (b"fc", b"fd") else 0
+
+
+cdef bint consumed_envoy_header(const char *n, size_t k) noexcept:
+    """x-envoy-* request headers that Envoy reads and removes, or always sets itself."""
+    return ((k == 16 and (lit_eq(n, 16, b"x-envoy-internal", 16) or lit_eq(n, 16, b"x-envoy-retry-on", 16)))
+            or (k == 19 and lit_eq(n, 19, b"x-envoy-max-retries", 19))
+            or (k == 21 and lit_eq(n, 21, b"x-envoy-retry-grpc-on", 21))
+            or (k == 30 and (lit_eq(n, 30, b"x-envoy-upstream-rq-timeout-ms", 30)
+                             or lit_eq(n, 30, b"x-envoy-expected-rq-timeout-ms", 30)))
+            or (k == 38 and lit_eq(n, 38, b"x-envoy-upstream-rq-per-try-timeout-ms", 38)))
+
+
 cdef bint needs_empty_length(const char *m, size_t n) noexcept:
     """Envoy's codec writes content-length: 0 for a body-less request unless the method is one
     that takes no body (GET, HEAD, DELETE, TRACE, CONNECT)."""
@@ -1252,8 +1632,6 @@ cdef class UpstreamConnection:
         v[c.base + CLUSTER_UPSTREAM_CX_TOTAL] += 1
         v[c.base + CLUSTER_UPSTREAM_CX_HTTP1_TOTAL] += 1
         v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] += 1
-        v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_TOTAL] += 1
-        v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] += 1
         addr, port = self.address
         task = w.loop.create_task(w.loop.create_connection(self._self_factory, addr, port))
         task.add_done_callback(self._connect_done)
@@ -1301,7 +1679,6 @@ cdef class UpstreamConnection:
         c.connection_closed(self)
         v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] -= 1
         v[c.base + CLUSTER_UPSTREAM_CX_DESTROY] += 1
-        v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
         if self.stream is not None:
             v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_FAILURE_EJECT] += 1
         self._fail(reason)
@@ -1317,6 +1694,7 @@ cdef class UpstreamConnection:
 
     cdef void send(self, object data):
         cdef Stream s = self.stream
+        self.last_activity = now()
         if self.connected:
             self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_TX_BYTES_TOTAL] += len(data)
             self.write(data)
@@ -1330,7 +1708,8 @@ cdef class UpstreamConnection:
         self.transport = transport
         self.write = transport.write
         self.connected = True
-        c.worker.values[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
+        if s is not None:
+            s.downstream._end_pending()
         transport.set_write_buffer_limits(high=c.buffer_limit)
         if c.keepalive is not None:
             set_keepalive(transport.get_extra_info("socket"), c.keepalive)
@@ -1462,11 +1841,26 @@ cdef class UpstreamConnection:
         cdef bint seen_server = False, seen_date = False
         cdef int body_kind = head.body_kind
         cdef bytes out
+        if self.cluster.state is not None:
+            self.cluster.state.report_response(self.host, head.status)
+        if s.retry is not None and (down._retriable_status(head.status) or (
+                s.retry_on and "retriable-headers" in s.retry_on
+                and retriable_headers_match(s.retry.retriable_headers, head))):
+            if s.retries_left > 0 and s.replay is not None and s.request_complete:
+                # drop this answer and this connection, and try again
+                self.stream = None
+                s.upstream = None
+                self._close_transport()
+                if not down._retry():
+                    down._upstream_failed(503, BODY_OVERFLOW)
+                return 0
+            self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED] += 1
         s.status = head.status
         s.response_started = True
         self.keep_alive = head.keep_alive
-        if self.cluster.state is not None:
-            self.cluster.state.report_response(self.host, head.status)
+        if s.per_try_timer is not None:
+            s.per_try_timer.cancel()
+            s.per_try_timer = None
         b.length = 0
         ob_put_bytes(b, <bytes>STATUS_LINES[head.status] if 100 <= head.status < 1000 else STATUS_LINES[500])
         cdef bint tunnel = head.status == 101 and s.upgrade
@@ -1491,6 +1885,12 @@ cdef class UpstreamConnection:
         ob_put(b, b"x-envoy-upstream-service-time: ", 31)
         ob_put_int(b, <int64_t>((now() - s.start_time) * 1000))
         ob_put(b, b"\r\n", 2)
+        if s.decision.set_cookie is not None and self.cluster.lb is not None \
+                and self.cluster.lb.uses_hash:
+            # a cookie hash policy with a ttl generated this request's cookie
+            ob_put(b, b"set-cookie: ", 12)
+            ob_put_bytes(b, s.decision.set_cookie)
+            ob_put(b, b"\r\n", 2)
         if s.decision.response_ops:
             apply_ops(b, s.decision.response_ops)
         if s.response_headers:
@@ -1628,7 +2028,9 @@ cdef class UpstreamConnection:
         self._close_transport()
         if s is not None and s.downstream is not None and s.upstream is self:
             s.upstream = None
-            s.downstream._upstream_failed(status, BODY_CONNECT_PREFIX + reason.encode())
+            s.downstream._attempt_failed(
+                FAIL_CONNECT if not self.connected else FAIL_RESET,
+                status, BODY_CONNECT_PREFIX + reason.encode())
 
     cdef void _close_transport(self):
         if not self.closed:

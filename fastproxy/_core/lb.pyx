@@ -1,5 +1,5 @@
-"""Load balancer picks for one cluster: ROUND_ROBIN, LEAST_REQUEST and RANDOM with Envoy's
-semantics, over hosts with weights and priorities.
+"""Load balancer picks for one cluster: ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV
+with Envoy's semantics, over hosts with weights and priorities.
 
 The work happens in C (csrc/fp_lb.c); this wrapper builds a balancer from plain lists (the control
 layer's compiled cluster) and exposes the cdef `pick`/`request_started`/`request_finished` to the
@@ -13,7 +13,11 @@ _POLICIES = {
     "ROUND_ROBIN": FP_LB_ROUND_ROBIN,
     "LEAST_REQUEST": FP_LB_LEAST_REQUEST,
     "RANDOM": FP_LB_RANDOM,
+    "RING_HASH": FP_LB_RING_HASH,
+    "MAGLEV": FP_LB_MAGLEV,
 }
+
+_HASH_FUNCTIONS = {"XX_HASH": FP_RING_HASH_XX, "MURMUR_HASH_2": FP_RING_HASH_MURMUR2}
 
 _ERRORS = {
     FP_LB_EPOLICY: "unknown policy",
@@ -21,6 +25,9 @@ _ERRORS = {
     FP_LB_EPRIORITY: f"priority must be at most {FP_LB_MAX_PRIORITY}",
     FP_LB_ECHOICES: "choice_count must be at least 2",
     FP_LB_EBIAS: "active_request_bias must be a non-negative number",
+    FP_LB_ERING: "ring hash: minimum_ring_size is above maximum_ring_size",
+    FP_LB_ETABLE: "The table size of maglev must be prime number",
+    FP_LB_EKEYS: "a hashing load balancer needs host keys",
 }
 
 
@@ -40,17 +47,31 @@ cdef class LoadBalancer:
     weights are equal, which Envoy does when `active_request_bias` is set explicitly in the
     config. `overprovisioning_factor` (percent, 140 = 1.4) and `healthy_panic_threshold`
     (percent) drive the priority loads. All hosts start healthy.
+
+    RING_HASH (`min_ring_size`, `max_ring_size`, `hash_function` "XX_HASH" or "MURMUR_HASH_2")
+    and MAGLEV (`table_size`, a prime) hash each host as `host_keys[i]`, its address as Envoy
+    prints it ("10.0.0.1:80", "[::1]:80"), so that a request hash picks the host Envoy picks.
+    Without host_keys, hosts hash as "#<index>": picks are still the same in every worker, but
+    not Envoy's. Their tables do not depend on `seed`.
     """
 
     def __cinit__(self, str policy, weights, priorities, uint64_t seed, uint32_t choice_count=2,
                   double active_request_bias=1.0, *, bint bias_forces_weighted=False,
                   uint32_t overprovisioning_factor=FP_LB_DEFAULT_OVERPROVISIONING_FACTOR,
-                  double healthy_panic_threshold=FP_LB_DEFAULT_PANIC_THRESHOLD):
+                  double healthy_panic_threshold=FP_LB_DEFAULT_PANIC_THRESHOLD,
+                  uint64_t min_ring_size=FP_RING_DEFAULT_MIN_SIZE,
+                  uint64_t max_ring_size=FP_RING_DEFAULT_MAX_SIZE,
+                  hash_function="XX_HASH",
+                  uint64_t table_size=FP_MAGLEV_DEFAULT_TABLE_SIZE,
+                  host_keys=None):
         cdef fp_lb_config_t config
         cdef uint32_t *w = NULL
         cdef uint32_t *p = NULL
         cdef Py_ssize_t i, n = len(weights)
         cdef int err = FP_LB_OK
+        cdef const char **key_ptrs = NULL
+        cdef uint32_t *key_lens = NULL
+        cdef list keys = None
         self.lb = NULL
         if policy not in _POLICIES:
             raise ValueError(f"unknown load balancing policy {policy!r}")
@@ -72,6 +93,30 @@ cdef class LoadBalancer:
         config.overprovisioning_factor = overprovisioning_factor
         # Envoy rounds the panic percentage to an integer.
         config.panic_threshold = <uint32_t>(healthy_panic_threshold + 0.5)
+        if policy in ("RING_HASH", "MAGLEV"):
+            if hash_function not in _HASH_FUNCTIONS:
+                raise ValueError(f"unknown ring hash hash_function {hash_function!r}")
+            config.min_ring_size = min_ring_size
+            config.max_ring_size = max_ring_size
+            config.hash_function = _HASH_FUNCTIONS[hash_function]
+            config.table_size = table_size
+            if host_keys is None:
+                keys = [b"#%d" % i for i in range(n)]
+            else:
+                if len(host_keys) != n:
+                    raise ValueError("host_keys and weights must have the same length")
+                keys = [k.encode() if isinstance(k, str) else bytes(k) for k in host_keys]
+            key_ptrs = <const char **>malloc((n + 1) * sizeof(char *))
+            key_lens = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
+            if key_ptrs == NULL or key_lens == NULL:
+                free(key_ptrs)
+                free(key_lens)
+                raise MemoryError()
+            for i in range(n):
+                key_ptrs[i] = <bytes>keys[i]
+                key_lens[i] = <uint32_t>len(<bytes>keys[i])
+            config.host_keys = key_ptrs
+            config.host_key_lens = key_lens
         w = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         p = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         try:
@@ -84,12 +129,15 @@ cdef class LoadBalancer:
         finally:
             free(w)
             free(p)
+            free(key_ptrs)
+            free(key_lens)
         if self.lb == NULL:
             if err == FP_LB_ENOMEM:
                 raise MemoryError()
             raise ValueError(_ERRORS.get(err, f"load balancer error {err}"))
         self.num_hosts = <int>n
         self.policy = policy
+        self.uses_hash = fp_lb_uses_hash(self.lb)
 
     def __dealloc__(self):
         if self.lb != NULL:
@@ -102,7 +150,7 @@ cdef class LoadBalancer:
         return fp_lb_pick(self.lb)
 
     cdef int pick_hash(self, uint64_t hash) noexcept:
-        return fp_lb_pick(self.lb)
+        return fp_lb_pick_hash(self.lb, hash)
 
     cdef void request_started(self, int host) noexcept:
         fp_lb_request_started(self.lb, host)
@@ -115,6 +163,16 @@ cdef class LoadBalancer:
     def pick_py(self):
         """Pick a host: its index, or -1 when none is available."""
         return fp_lb_pick(self.lb)
+
+    def pick_hash_py(self, uint64_t hash):
+        """Pick a host for a request hash (RING_HASH, MAGLEV; other policies ignore it)."""
+        return fp_lb_pick_hash(self.lb, hash)
+
+    def table_sizes(self):
+        """Per priority level: ring points (RING_HASH) or table slots (MAGLEV); 0 otherwise."""
+        if not self.uses_hash:
+            return [0] * fp_lb_num_priorities(self.lb)
+        return [fp_lb_table_size(self.lb, p) for p in range(fp_lb_num_priorities(self.lb))]
 
     def started(self, int i):
         """A request to host i started."""
@@ -153,9 +211,31 @@ cdef class LoadBalancer:
         return [bool(fp_lb_priority_weighted(self.lb, p))
                 for p in range(fp_lb_num_priorities(self.lb))]
 
+    def bench_pick_hashes(self, int n, uint64_t start=0):
+        """Make n hash picks through the cdef path with hashes spread over 64 bits (for
+        micro-benchmarks); returns the last pick."""
+        cdef int i, last = -1
+        cdef uint64_t h = start
+        for i in range(n):
+            h += 0x9e3779b97f4a7c15ULL   # Weyl sequence: a new, well-spread hash each pick
+            last = self.pick_hash(h)
+        return last
+
     def bench_picks(self, int n):
         """Make n picks through the cdef path (for micro-benchmarks); returns the last pick."""
         cdef int i, last = -1
         for i in range(n):
             last = self.pick()
         return last
+
+
+def xxhash64(data, uint64_t seed=0):
+    """xxHash64 of bytes (Envoy's HashUtil::xxHash64)."""
+    cdef bytes b = bytes(data)
+    return fp_xxhash64(<const char *>b, len(b), seed)
+
+
+def murmur2_64(data, uint64_t seed=FP_MURMUR_STD_SEED):
+    """64-bit MurmurHash2 of bytes (Envoy's MurmurHash::murmurHash2, its default seed)."""
+    cdef bytes b = bytes(data)
+    return fp_murmur2_64(<const char *>b, len(b), seed)

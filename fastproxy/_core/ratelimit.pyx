@@ -1,6 +1,50 @@
-"""Request filters before the router (see ratelimit.pxd).  This base class lets all through."""
+"""Request filters before the router (see ratelimit.pxd): envoy.filters.http.local_ratelimit.
+
+Each compiled LocalRateLimit config owns a token bucket in the `.rl` shared-memory block
+(fastproxy/stats/limits.py), so all workers draw from one bucket, as all of Envoy's worker threads
+do.  The bucket is Envoy 1.40's (AtomicTokenBucketImpl): continuous refill at
+tokens_per_fill / fill_interval, at most max_tokens, one compare-and-swap per request
+(csrc/fp_shared.h).  The most specific config wins: route, then virtual host, then the filter's.
+
+Envoy's answers, reproduced here: a limited request gets `status` (429) with body
+"local_rate_limited" and response_headers_to_add; with enable_x_ratelimit_headers DRAFT_VERSION_03
+every response of an enabled request carries x-ratelimit-limit (max_tokens), -remaining (whole
+tokens left) and -reset (0 while a token is left, else the seconds until the next one, rounded
+up).  A config without filter_enabled does nothing (Envoy reads an absent fractional percent as 0).
+"""
+from libc.math cimport ceil
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memset
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.fcntl cimport open as c_open, O_RDWR
+from posix.unistd cimport close as c_close
+from posix.stat cimport struct_stat, fstat
+
 from fastproxy._core.http1 cimport RequestHead
-from fastproxy._core.router cimport RouteDecision
+from fastproxy._core.router cimport RouteDecision, RouteEntry
+from fastproxy._core.includes.fp_shared cimport (
+    fp_bucket_consume, fp_bucket_remaining, fp_bucket_tokens, fp_load, fp_now_ns,
+)
+
+import os as _os
+
+from fastproxy.stats import limits as _limits
+
+cdef enum:
+    HDR = 64
+    LINE = 64
+assert (HDR, LINE) == (_limits.HEADER_SIZE, _limits.LINE)
+cdef uint32_t RL_MAGIC = _limits.RL_MAGIC
+cdef uint32_t RL_VERSION = _limits.VERSION
+
+cdef bytes BODY_LIMITED = b"local_rate_limited"
+
+cdef struct block_header:
+    uint32_t magic
+    uint32_t version
+    uint64_t num_buckets
+    uint64_t num_prefixes
+    uint64_t num_workers
 
 
 cdef class RequestFilters:
@@ -11,6 +55,217 @@ cdef class RequestFilters:
         return None
 
 
+cdef class LocalRateLimit:
+    def __cinit__(self):
+        memset(self.local, 0, sizeof(self.local))
+        self.word = NULL
+        self.counters = &self.local[8]
+
+    def __init__(self, cfg):
+        """`cfg` is a config.local_ratelimit.LocalRateLimit."""
+        if cfg.has_token_bucket and cfg.fill_interval_ms > 0:
+            self.word = &self.local[0]
+        self.max_tokens = cfg.max_tokens
+        self.fill_rate = cfg.fill_rate
+        self.rate_ns = self.fill_rate / 1e9
+        self.enabled_num, self.enabled_den = cfg.enabled if cfg.enabled else (0, 0)
+        self.enforced_num, self.enforced_den = cfg.enforced if cfg.enforced else (0, 0)
+        self.status = cfg.status
+        self.headers_to_add = [(h.key.encode(), h.value.encode())
+                               for h in cfg.response_headers_to_add] or None
+        self.x_ratelimit_headers = cfg.x_ratelimit_headers and self.word != NULL
+        self.limit_value = b"%d" % cfg.max_tokens
+
+    cdef list x_headers(self):
+        cdef int64_t now = fp_now_ns()
+        cdef double tokens = fp_bucket_tokens(fp_load(self.word), now, self.max_tokens, self.rate_ns)
+        cdef int64_t reset = 0
+        if tokens < 1.0:
+            reset = <int64_t>ceil((1.0 - tokens) / self.fill_rate)
+        return [(b"x-ratelimit-limit", self.limit_value),
+                (b"x-ratelimit-remaining", b"%d" % <int64_t>tokens),
+                (b"x-ratelimit-reset", b"%d" % reset)]
+
+    # -- for tests ----------------------------------------------------------------------------
+
+    def py_consume(self):
+        return bool(fp_bucket_consume(self.word, fp_now_ns(), self.max_tokens, self.rate_ns))
+
+    def py_remaining(self):
+        return fp_bucket_remaining(self.word, fp_now_ns(), self.max_tokens, self.rate_ns)
+
+    def py_x_headers(self):
+        return self.x_headers()
+
+    def py_counters(self):
+        return [self.counters[i] for i in range(_limits.RL_COUNTERS)]
+
+
+cdef void *_map(str path, size_t *size) noexcept:
+    cdef bytes bpath = path.encode()
+    cdef int fd = c_open(bpath, O_RDWR)
+    cdef struct_stat st
+    cdef void *m
+    if fd < 0:
+        return NULL
+    if fstat(fd, &st) != 0 or st.st_size < HDR:
+        c_close(fd)
+        return NULL
+    m = mmap(NULL, <size_t>st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    c_close(fd)
+    if m == MAP_FAILED:
+        return NULL
+    size[0] = <size_t>st.st_size
+    return m
+
+
+cdef class LocalRateLimitFilters(RequestFilters):
+    def __cinit__(self):
+        self.mapping = NULL
+
+    def __init__(self, hcm_model, str block_path=None, int worker_index=-1):
+        name = hcm_model.local_ratelimit_name
+        configs = []  # (compiled config, LocalRateLimit)
+        self.default = LocalRateLimit(hcm_model.local_ratelimit)
+        configs.append((hcm_model.local_ratelimit, self.default))
+        self.by_route = {}
+        self.by_vhost = {}
+        self.by_entry = {}
+        self.keep = []
+        for vh in hcm_model.route_config.virtual_hosts:
+            cfg = vh.per_filter_config.get(name)
+            if cfg is not None:
+                lim = LocalRateLimit(cfg)
+                self.by_vhost[vh.name] = lim
+                configs.append((cfg, lim))
+            for r in vh.routes:
+                cfg = r.per_filter_config.get(name)
+                if cfg is not None:
+                    lim = LocalRateLimit(cfg)
+                    self.by_route[id(r)] = lim
+                    self.keep.append(r)
+                    configs.append((cfg, lim))
+        self.last = None
+        self.rng = (int.from_bytes(_os.urandom(8), "little") | 1) & 0xFFFFFFFFFFFFFFFF
+        self.reply_body = BODY_LIMITED
+        self.reply_headers = None
+        self.reply_late_headers = None
+        if block_path is not None:
+            self._attach(block_path, worker_index, configs)
+
+    def _attach(self, str block_path, int worker_index, list configs):
+        cdef size_t size = 0
+        cdef block_header *h
+        cdef char *base
+        cdef uint64_t nb, np_, nw, bucket, counters
+        cdef LocalRateLimit lim
+        self.mapping = _map(block_path, &size)
+        if self.mapping == NULL:
+            return
+        self.mapping_size = size
+        h = <block_header *>self.mapping
+        nb = h.num_buckets
+        np_ = h.num_prefixes
+        nw = h.num_workers
+        if h.magic != RL_MAGIC or h.version != RL_VERSION \
+                or size < <size_t>_limits.rl_size(nb, np_, nw):
+            munmap(self.mapping, size)
+            self.mapping = NULL
+            return
+        base = <char *>self.mapping
+        for cfg, lim in configs:
+            if 0 <= cfg.bucket < <int64_t>nb and lim.word != NULL:
+                bucket = cfg.bucket
+                lim.word = <int64_t *>(base + HDR + bucket * LINE)
+            if 0 <= cfg.counters < <int64_t>np_ and 0 <= worker_index < <int64_t>nw:
+                counters = cfg.counters
+                lim.counters = <int64_t *>(base + HDR + nb * LINE
+                                           + (<uint64_t>worker_index * np_ + counters) * LINE)
+
+    def __dealloc__(self):
+        if self.mapping != NULL:
+            munmap(self.mapping, self.mapping_size)
+            self.mapping = NULL
+
+    cdef LocalRateLimit lookup(self, RouteDecision d):
+        cdef RouteEntry e = d.entry
+        cdef object lim
+        if e is None:
+            if d.virtual_host is not None and self.by_vhost:
+                lim = self.by_vhost.get(d.virtual_host)
+                if lim is not None:
+                    return <LocalRateLimit>lim
+            return self.default
+        lim = self.by_entry.get(e)
+        if lim is None:
+            lim = self.by_route.get(id(e.source)) if e.source is not None else None
+            if lim is None:
+                lim = self.by_vhost.get(e.virtual_host, self.default)
+            self.by_entry[e] = lim
+        return <LocalRateLimit>lim
+
+    cdef bint sample(self, uint64_t num, uint64_t den) noexcept:
+        cdef uint64_t x
+        if num >= den:
+            return den != 0
+        if num == 0:
+            return False
+        # xorshift64
+        x = self.rng
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self.rng = x
+        return (x % den) < num
+
+    cdef int on_request(self, RequestHead *head, RouteDecision d) except -1:
+        cdef LocalRateLimit lim = self.lookup(d)
+        self.last = None
+        if not self.sample(lim.enabled_num, lim.enabled_den):
+            return 0
+        lim.counters[RL_ENABLED] += 1
+        if lim.word == NULL or fp_bucket_consume(lim.word, fp_now_ns(), lim.max_tokens,
+                                                 lim.rate_ns):
+            lim.counters[RL_OK] += 1
+            self.last = lim
+            return 0
+        lim.counters[RL_RATE_LIMITED] += 1
+        self.last = lim
+        if not self.sample(lim.enforced_num, lim.enforced_den):
+            return 0
+        lim.counters[RL_ENFORCED] += 1
+        self.last = None
+        self.reply_headers = lim.headers_to_add
+        self.reply_late_headers = lim.x_headers() if lim.x_ratelimit_headers else None
+        return lim.status
+
+    cdef list response_headers(self, RouteDecision d):
+        cdef LocalRateLimit lim = self.last
+        if lim is None or not lim.x_ratelimit_headers:
+            return None
+        return lim.x_headers()
+
+    # -- for tests ----------------------------------------------------------------------------
+
+    def py_lookup(self, RouteDecision d):
+        return self.lookup(d)
+
+    def py_on_request_decision(self, RouteDecision d):
+        """on_request without a request head (the filter does not read it): the status (0 = go
+        on), and the reply's or response's extra headers."""
+        cdef int rc = self.on_request(NULL, d)
+        if rc:
+            return rc, self.reply_headers, self.reply_late_headers
+        return 0, None, self.response_headers(d)
+
+    @property
+    def default_limit(self):
+        return self.default
+
+
 def make_request_filters(hcm_model, str shm_path, int worker_index):
     """The RequestFilters for a connection manager in a worker, or None when it has none."""
-    return None
+    if getattr(hcm_model, "local_ratelimit", None) is None:
+        return None
+    return LocalRateLimitFilters(hcm_model, _limits.rl_path(shm_path) if shm_path else None,
+                                 worker_index)

@@ -4,6 +4,7 @@
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 from fastproxy._core.http1 cimport RequestHead
+from fastproxy._core.includes.hash_policy cimport fp_hash_policy_t
 
 cdef enum:
     ACTION_NONE = 0            # no virtual host or no route matched: 404 (NR)
@@ -163,6 +164,11 @@ cdef class RouteEntry:
     # the matched-path length rule for prefix_rewrite: the configured prefix/path length, or
     # -1 for regex routes (the whole path without query is replaced)
     cdef Py_ssize_t matcher_len
+    # route hash_policy, compiled (malloc'd; names point into _hash_keep)
+    cdef fp_hash_policy_t *hash_policies
+    cdef int num_hash_policies
+    cdef tuple _hash_keep
+    cdef tuple _cookie_parts            # per policy: (b'name="', b'"; Max-Age=..; HttpOnly') or None
 
 cdef class RouteDecision:
     # The result of routing one request; the connection keeps one per stream and reuses it.
@@ -183,7 +189,17 @@ cdef class RouteDecision:
     # Route hash_policy (ring hash / maglev): the request's hash when a policy produced one.
     cdef public bint has_hash
     cdef public uint64_t hash_value
-    cdef public bytes set_cookie        # a Set-Cookie value to add to the response, or None
+    # A Set-Cookie value to add to the response, or None: set when a cookie hash policy with a
+    # ttl found no cookie and generated one, as Envoy's router does. Envoy adds it only when the
+    # cluster's balancer asked for the hash (RING_HASH / MAGLEV: LoadBalancer.uses_hash); it
+    # appends `set-cookie: <value>` after the upstream response's headers.
+    cdef public bytes set_cookie
+    # The downstream connection's addresses, for hash policies (connection_properties.source_ip
+    # and generated cookies). The connection sets them before calling route(); reset() keeps
+    # them, so once per connection is enough. None = unknown.
+    cdef public bytes source_ip         # the client's IP as Envoy prints it: b"10.0.0.1", b"::1"
+    cdef public bytes remote_address    # b"10.0.0.1:5432", b"[::1]:5432"
+    cdef public bytes local_address     # the listener side: b"127.0.0.1:10000"
 
     cdef void reset(self)
 
@@ -232,6 +248,7 @@ cdef class RouteTable:
                           QueryCheck *q) except -1
     cdef int _apply(self, RouteEntry e, RequestHead *head, RouteDecision out, bint is_tls,
                     uint64_t random, size_t noq) except -1
+    cdef int _hash(self, RouteEntry e, RequestHead *head, RouteDecision out) except -1
     cdef bytes _prefix_rewritten(self, bytes rewrite, Py_ssize_t matcher_len, RequestHead *head,
                                  size_t noq)
     cdef bytes _redirect_location(self, RouteEntry e, RequestHead *head, bint is_tls, size_t noq)

@@ -31,6 +31,9 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 from fastproxy._core.http1 cimport RequestHead
+from fastproxy._core.includes.hash_policy cimport (
+    FP_HP_COOKIE, FP_HP_HEADER, FP_HP_QUERY_PARAMETER, FP_HP_SOURCE_IP, fp_hash_input_t,
+    fp_hash_policy_eval, fp_hash_policy_t)
 from fastproxy._core.includes.picohttpparser cimport phr_header
 
 import re
@@ -152,11 +155,16 @@ cdef class RouteEntry:
     def __cinit__(self):
         self.cum_weights = NULL
         self.matcher_len = -1
+        self.hash_policies = NULL
+        self.num_hash_policies = 0
 
     def __dealloc__(self):
         if self.cum_weights != NULL:
             free(self.cum_weights)
             self.cum_weights = NULL
+        if self.hash_policies != NULL:
+            free(self.hash_policies)
+            self.hash_policies = NULL
 
     def __repr__(self):
         return f"RouteEntry(name={self.name!r}, action={self.action})"
@@ -164,6 +172,9 @@ cdef class RouteEntry:
 
 cdef class RouteDecision:
     def __init__(self):
+        self.source_ip = None
+        self.remote_address = None
+        self.local_address = None
         self.reset()
 
     cdef void reset(self):
@@ -216,6 +227,53 @@ def translate_substitution(str substitution):
 
 cdef bytes _regex_sub(object pattern, bytes template, bytes subject):
     return pattern.sub(template, subject)
+
+
+_HASH_KINDS = {"header": FP_HP_HEADER, "cookie": FP_HP_COOKIE,
+               "query_parameter": FP_HP_QUERY_PARAMETER, "source_ip": FP_HP_SOURCE_IP}
+
+
+def set_cookie_parts(hp):
+    """The Set-Cookie value Envoy sends for a generated cookie of hash policy `hp`, around its
+    value: (b'name="', b'"; Max-Age=N; Path=/p; attr=v; HttpOnly') -- Envoy's
+    Http::Utility::makeSetCookieValue (Max-Age only for a non-zero ttl, Path only when set)."""
+    suffix = '"'
+    if hp.ttl_s:
+        suffix += f"; Max-Age={hp.ttl_s}"
+    if hp.path:
+        suffix += f"; Path={hp.path}"
+    for name, value in hp.attributes:
+        suffix += f"; {name}={value}" if value else f"; {name}"
+    suffix += "; HttpOnly"
+    return (f'{hp.name}="'.encode("utf-8"), suffix.encode("utf-8"))
+
+
+cdef int _compile_hash_policies(RouteEntry e, policies) except -1:
+    # model.HashPolicy list -> the C array the request path evaluates.
+    cdef int i, n
+    if not policies:
+        return 0
+    n = len(policies)
+    e.hash_policies = <fp_hash_policy_t *>calloc(n, sizeof(fp_hash_policy_t))
+    if e.hash_policies == NULL:
+        raise MemoryError()
+    keep = []
+    cookie_parts = []
+    for i, hp in enumerate(policies):
+        name = hp.name.encode("utf-8")
+        if hp.kind == "header":
+            name = name.lower()
+        keep.append(name)
+        e.hash_policies[i].kind = _HASH_KINDS[hp.kind]
+        e.hash_policies[i].terminal = bool(hp.terminal)
+        e.hash_policies[i].name = PyBytes_AS_STRING(name)
+        e.hash_policies[i].name_len = PyBytes_GET_SIZE(name)
+        e.hash_policies[i].generate = hp.kind == "cookie" and hp.ttl_s is not None
+        cookie_parts.append(set_cookie_parts(hp) if e.hash_policies[i].generate else None)
+    e._hash_keep = tuple(keep)
+    e._cookie_parts = tuple(cookie_parts)
+    e.num_hash_policies = n
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +537,7 @@ cdef class RouteTable:
                 e.total_weight = total
             else:
                 e.cluster = a.cluster
+            _compile_hash_policies(e, getattr(a, "hash_policy", None))
         elif r.redirect is not None:
             rd = r.redirect
             e.action = ACTION_REDIRECT
@@ -799,6 +858,8 @@ cdef class RouteTable:
                     out.action = ACTION_NO_CLUSTER
             else:
                 out.cluster = e.cluster
+            if e.num_hash_policies:
+                self._hash(e, head, out)
             if e.prefix_rewrite is not None:
                 out.path = self._prefix_rewritten(e.prefix_rewrite, e.matcher_len, head, noq)
             elif e.regex_rewrite is not None:
@@ -820,6 +881,51 @@ cdef class RouteTable:
                                          PyBytes_FromStringAndSize(head.path, head.path_len),
                                          False, False)
         return ACTION_DIRECT_RESPONSE
+
+    cdef int _hash(self, RouteEntry e, RequestHead *head, RouteDecision out) except -1:
+        # Route hash policies: evaluated in C over the parsed head (csrc/fp_hash_policy.c).
+        cdef fp_hash_input_t inp
+        cdef uint64_t h = 0
+        cdef int generated = -1
+        cdef char cookie[17]
+        inp.headers = head.headers
+        inp.num_headers = head.num_headers
+        inp.method = head.method
+        inp.method_len = head.method_len
+        inp.path = head.path
+        inp.path_len = head.path_len
+        if head.authority != NULL:
+            inp.authority = head.authority
+            inp.authority_len = head.authority_len
+        elif head.host_index >= 0:
+            inp.authority = head.headers[head.host_index].value
+            inp.authority_len = head.headers[head.host_index].value_len
+        else:
+            inp.authority = NULL
+            inp.authority_len = 0
+        inp.source_ip = NULL
+        inp.source_ip_len = 0
+        inp.remote_address = NULL
+        inp.remote_address_len = 0
+        inp.local_address = NULL
+        inp.local_address_len = 0
+        if out.source_ip is not None:
+            inp.source_ip = PyBytes_AS_STRING(out.source_ip)
+            inp.source_ip_len = PyBytes_GET_SIZE(out.source_ip)
+        if out.remote_address is not None and out.local_address is not None:
+            inp.remote_address = PyBytes_AS_STRING(out.remote_address)
+            inp.remote_address_len = PyBytes_GET_SIZE(out.remote_address)
+            inp.local_address = PyBytes_AS_STRING(out.local_address)
+            inp.local_address_len = PyBytes_GET_SIZE(out.local_address)
+        if fp_hash_policy_eval(e.hash_policies, e.num_hash_policies, &inp, &h, &generated,
+                               cookie):
+            out.has_hash = True
+            out.hash_value = h
+        if generated >= 0:
+            parts = <tuple>e._cookie_parts[generated]
+            out.set_cookie = (<bytes>parts[0] + PyBytes_FromStringAndSize(cookie, 16)
+                              + <bytes>parts[1])
+        return 0
 
     cdef bytes _prefix_rewritten(self, bytes rewrite, Py_ssize_t matcher_len, RequestHead *head,
                                  size_t noq):

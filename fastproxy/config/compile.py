@@ -12,9 +12,11 @@ from typing import Optional
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from . import model
+from . import circuit_breakers, local_ratelimit, model
 from .common import enum_name, is_ip, opt_duration_ms, socket_address, wrapped
+from . import lb_config
 from .errors import Errors, join
+from .health import compile_health
 from .routes import ClusterRefs, route_configuration
 from .support import unpack_any
 
@@ -22,7 +24,7 @@ _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _ROUTER = router_pb2.Router.DESCRIPTOR.full_name
 _CODECS = {"AUTO", "HTTP1"}
 _CLUSTER_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
-_LB_POLICIES = {"ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"}
+_LB_POLICIES = lb_config.LB_POLICIES
 _ADMIN_NULL_LOG = "/dev/null"
 
 
@@ -61,6 +63,8 @@ def compile_bootstrap(bs, errors: Errors) -> model.Bootstrap:
         if name not in cluster_names:
             kind = "weighted cluster" if weighted else "cluster"
             errors.add(path, f"route: unknown {kind} '{name}'")
+    circuit_breakers.assign_slots(out)
+    local_ratelimit.assign_slots(out)
     return out
 
 
@@ -125,7 +129,7 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
     codec = enum_name(h, "codec_type")
     if codec not in _CODECS:
         errors.add(join(path, "codec_type"), f"{codec} not supported")
-    _http_filters(h, join(path, "http_filters"), errors)
+    rl_name, rl = _http_filters(h, join(path, "http_filters"), errors)
     rc = route_configuration(h.route_config, join(path, "route_config"), errors, refs)
     if not h.HasField("route_config"):
         return None  # reported by the validation rules
@@ -144,15 +148,17 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
         server_name=h.server_name or "envoy",
         upgrade_types=[u.upgrade_type.lower() for u in h.upgrade_configs
                        if wrapped(u, "enabled", True)],
+        local_ratelimit=rl,
+        local_ratelimit_name=rl_name,
     )
 
 
-def _http_filters(h, path: str, errors: Errors) -> None:
-    """Only the router is implemented: http_filters must be [router] (or empty, as Envoy allows)."""
+def _http_filters(h, path: str, errors: Errors):
+    """http_filters: an optional local rate limit filter, then the router, which must come last
+    (or no filters at all, as Envoy allows).  Returns (name, LocalRateLimit) of the rate limit
+    filter, or ("", None)."""
     filters = h.http_filters
-    if len(filters) > 1:
-        errors.add(path, "only the router filter (envoy.filters.http.router) is supported "
-                         f"(got {len(filters)} filters)")
+    found = ("", None)
     for i, flt in enumerate(filters):
         tpath = f"{path}[{i}].typed_config"
         if not flt.HasField("typed_config"):
@@ -160,8 +166,27 @@ def _http_filters(h, path: str, errors: Errors) -> None:
                               "by its @type)")
             continue
         inner = unpack_any(flt.typed_config)
-        if inner is not None and inner.DESCRIPTOR.full_name != _ROUTER:
-            errors.add(tpath, f"type {inner.DESCRIPTOR.full_name} not supported as an HTTP filter")
+        if inner is None:
+            continue  # reported by the support walk
+        kind = inner.DESCRIPTOR.full_name
+        last = i == len(filters) - 1
+        if kind == _ROUTER:
+            if not last:
+                errors.add(f"{path}[{i}]", f"terminal filter named {flt.name} of type "
+                                           "envoy.filters.http.router must be the last filter in "
+                                           "a http filter chain.")
+        elif kind == local_ratelimit.TYPE_NAME:
+            if found[1] is not None:
+                errors.add(f"{path}[{i}]", "only one local rate limit filter is supported")
+            else:
+                found = local_ratelimit.http_filter(flt, inner, tpath, errors)
+            if last:
+                errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
+                                           f"{local_ratelimit.FILTER_NAME} is the last filter in "
+                                           "a http filter chain.")
+        else:
+            errors.add(tpath, f"type {kind} not supported as an HTTP filter")
+    return found
 
 
 def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
@@ -179,6 +204,7 @@ def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
         per_connection_buffer_limit_bytes=wrapped(cl, "per_connection_buffer_limit_bytes", 1 << 20),
         dns_lookup_family=enum_name(cl, "dns_lookup_family"),
         dns_refresh_rate_ms=opt_duration_ms(cl, "dns_refresh_rate", 5000),
+        circuit_breakers=circuit_breakers.circuit_breakers(cl, path, errors),
     )
     if cl.upstream_connection_options.HasField("tcp_keepalive"):
         ka = cl.upstream_connection_options.tcp_keepalive
@@ -212,6 +238,8 @@ def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
     if ctype == "LOGICAL_DNS" and (len(la.endpoints) != 1 or n_hosts != 1):
         errors.add(lpath, "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a "
                           "single lb_endpoint")
+    out.lb_options = lb_config.lb_options(cl, out, path, errors)
+    compile_health(cl, out, path, errors)
     return out
 
 

@@ -18,6 +18,8 @@ from google.protobuf import empty_pb2  # noqa: F401  (registers the placeholder 
 # Registering the extension messages we implement lets json_format resolve their typed_configs.
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )

@@ -104,6 +104,34 @@ class WeightedCluster:
 
 
 @dataclass
+class RetryPolicy:
+    """route.v3.RetryPolicy (route level, or the virtual host's when the route has none)."""
+
+    retry_on: frozenset = frozenset()  # Envoy's condition names: 5xx, gateway-error, reset...
+    num_retries: int = 1
+    per_try_timeout_ms: int = 0
+    per_try_idle_timeout_ms: int = 0
+    base_interval_ms: int = 25
+    max_interval_ms: int = 250  # default: 10 x base_interval
+    previous_hosts: bool = False  # retry_host_predicate envoy.retry_host_predicates.previous_hosts
+    host_selection_retry_max_attempts: int = 1
+    retriable_status_codes: tuple = ()
+    retriable_headers: list = field(default_factory=list)  # HeaderMatcher on the response
+
+
+@dataclass(frozen=True)
+class HashPolicy:
+    """route.v3.RouteAction.HashPolicy; kind is header|cookie|query_parameter|source_ip."""
+
+    kind: str
+    name: str = ""  # header name (lower-cased), cookie name or query parameter name
+    terminal: bool = False
+    ttl_s: Optional[int] = None  # cookie: generate one when absent (ttl set; 0 = session)
+    path: str = ""  # cookie: Path of a generated cookie
+    attributes: tuple = ()  # cookie: ((name, value), ...) of a generated cookie
+
+
+@dataclass
 class RouteAction:
     # exactly one of cluster / cluster_header / weighted_clusters
     cluster: Optional[str] = None
@@ -114,6 +142,8 @@ class RouteAction:
     host_rewrite_literal: Optional[str] = None
     auto_host_rewrite: bool = False
     timeout_ms: int = 15000  # route.timeout; 0 disables
+    retry_policy: Optional[RetryPolicy] = None
+    hash_policy: list[HashPolicy] = field(default_factory=list)  # for RING_HASH / MAGLEV
 
 
 @dataclass
@@ -142,6 +172,8 @@ class Route:
     redirect: Optional[RedirectAction] = None
     direct_response: Optional[DirectResponse] = None
     headers: HeaderMutations = field(default_factory=HeaderMutations)
+    # typed_per_filter_config: {HTTP filter name: that filter's compiled override}
+    per_filter_config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +182,7 @@ class VirtualHost:
     domains: list[str]
     routes: list[Route] = field(default_factory=list)
     headers: HeaderMutations = field(default_factory=HeaderMutations)
+    per_filter_config: dict = field(default_factory=dict)  # as Route.per_filter_config
 
 
 @dataclass
@@ -173,6 +206,9 @@ class HttpConnectionManager:
     generate_request_id: bool = True
     server_name: str = "envoy"
     upgrade_types: list[str] = field(default_factory=list)  # upgrade_configs, lower-cased
+    # envoy.filters.http.local_ratelimit in http_filters (config.local_ratelimit.LocalRateLimit)
+    local_ratelimit: Optional[object] = None
+    local_ratelimit_name: str = ""  # its name in http_filters (the typed_per_filter_config key)
 
 
 @dataclass
@@ -201,13 +237,21 @@ class TcpKeepalive:
 class Cluster:
     name: str
     type: str = "STATIC"  # STATIC | STRICT_DNS | LOGICAL_DNS
-    lb_policy: str = "ROUND_ROBIN"  # ROUND_ROBIN | LEAST_REQUEST | RANDOM
+    lb_policy: str = "ROUND_ROBIN"  # ROUND_ROBIN | LEAST_REQUEST | RANDOM | RING_HASH | MAGLEV
     connect_timeout_ms: int = 5000
     endpoints: list[Endpoint] = field(default_factory=list)
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     tcp_keepalive: Optional[TcpKeepalive] = None
     dns_lookup_family: str = "AUTO"  # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
     dns_refresh_rate_ms: int = 5000
+    # config.circuit_breakers.CircuitBreakers (Envoy's default thresholds when not configured)
+    circuit_breakers: Optional[object] = None
+    # Keyword arguments of the core's LoadBalancer (config.lb_config): ring sizes, hash_function,
+    # table_size, choice_count, panic threshold, overprovisioning, host_keys...
+    lb_options: dict = field(default_factory=dict)
+    # config.health: [HealthCheck] (at most one) and OutlierDetection, when configured
+    health_checks: list = field(default_factory=list)
+    outlier_detection: Optional[object] = None
 
 
 @dataclass

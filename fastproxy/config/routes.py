@@ -11,6 +11,9 @@ from . import model
 from .common import duration_ms, wrapped
 from .errors import Errors, join
 from .headers import header_matcher, mutations, query_matcher
+from .lb_config import hash_policies
+from .local_ratelimit import per_filter_config
+from .retry import apply_virtual_host_policies, retry_policy
 
 # route.v3.RedirectAction.RedirectResponseCode -> HTTP status
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
@@ -42,13 +45,16 @@ def route_configuration(rc, path: str, errors: Errors, refs: ClusterRefs) -> mod
 
 def virtual_host(vh, path: str, errors: Errors, refs: ClusterRefs) -> model.VirtualHost:
     routes = [route(r, f"{join(path, 'routes')}[{i}]", errors, refs) for i, r in enumerate(vh.routes)]
+    apply_virtual_host_policies(vh, routes, path, errors)
     return model.VirtualHost(vh.name, [d.lower() for d in vh.domains], routes,
-                             mutations(vh, path, errors))
+                             mutations(vh, path, errors),
+                             per_filter_config=per_filter_config(vh, path, errors))
 
 
 def route(r, path: str, errors: Errors, refs: ClusterRefs) -> model.Route:
     out = model.Route(match=route_match(r.match, join(path, "match"), errors), name=r.name,
-                      headers=mutations(r, path, errors))
+                      headers=mutations(r, path, errors),
+                      per_filter_config=per_filter_config(r, path, errors))
     action = r.WhichOneof("action")
     if action == "route":
         out.route = route_action(r.route, join(path, "route"), errors, refs)
@@ -109,6 +115,9 @@ def route_action(ra, path: str, errors: Errors, refs: ClusterRefs) -> model.Rout
     elif host == "auto_host_rewrite":
         out.auto_host_rewrite = ra.auto_host_rewrite.value
     out.timeout_ms = duration_ms(ra.timeout) if ra.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS
+    if ra.HasField("retry_policy"):
+        out.retry_policy = retry_policy(ra.retry_policy, join(path, "retry_policy"), errors)
+    out.hash_policy = hash_policies(ra, path, errors)
     return out
 
 

@@ -15,7 +15,8 @@ from google.protobuf.descriptor import FieldDescriptor as FD
 
 from . import pgv
 from .errors import Errors, join
-from .loader import PLACEHOLDER_TYPE
+from .health import SUPPORTED as _health_supported
+from .loader import PLACEHOLDER_TYPE, snake
 
 _R = "envoy.config.route.v3."
 _CORE = "envoy.config.core.v3."
@@ -53,11 +54,24 @@ SUPPORTED: dict[str, set[str]] = {
         "name", "typed_config",
     },
     "envoy.extensions.filters.http.router.v3.Router": set(),
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
+        "stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
+        "response_headers_to_add", "enable_x_ratelimit_headers",
+        "always_consume_default_token_bucket", "local_rate_limit_per_downstream_connection",
+        "rate_limited_as_resource_exhausted",
+    },
+    "envoy.type.v3.TokenBucket": {"max_tokens", "tokens_per_fill", "fill_interval"},
+    "envoy.type.v3.HttpStatus": {"code"},
+    "envoy.type.v3.FractionalPercent": {"numerator", "denominator"},
+    "envoy.type.v3.Percent": {"value"},
+    _CORE + "RuntimeFractionalPercent": {"default_value", "runtime_key"},
     _CORE + "HttpProtocolOptions": {"idle_timeout"},
     # Routing
     _R + "RouteConfiguration": {"name", "virtual_hosts"} | _HEADERS,
-    _R + "VirtualHost": {"name", "domains", "routes"} | _HEADERS,
-    _R + "Route": {"name", "match", "route", "redirect", "direct_response"} | _HEADERS,
+    _R + "VirtualHost": {"name", "domains", "routes", "retry_policy",
+                         "typed_per_filter_config"} | _HEADERS,
+    _R + "Route": {"name", "match", "route", "redirect", "direct_response",
+                   "typed_per_filter_config"} | _HEADERS,
     _R + "RouteMatch": {
         "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
         "query_parameters",
@@ -74,8 +88,25 @@ SUPPORTED: dict[str, set[str]] = {
     _M + "RegexMatchAndSubstitute": {"pattern", "substitution"},
     _R + "RouteAction": {
         "cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
-        "host_rewrite_literal", "auto_host_rewrite", "timeout",
+        "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy",
+        "hash_policy",
     },
+    _R + "RouteAction.HashPolicy": {
+        "header", "cookie", "connection_properties", "query_parameter", "terminal",
+    },
+    _R + "RouteAction.HashPolicy.Header": {"header_name"},
+    _R + "RouteAction.HashPolicy.Cookie": {"name", "ttl", "path", "attributes"},
+    _R + "RouteAction.HashPolicy.CookieAttribute": {"name", "value"},
+    _R + "RouteAction.HashPolicy.ConnectionProperties": {"source_ip"},
+    _R + "RouteAction.HashPolicy.QueryParameter": {"name"},
+    _R + "RetryPolicy": {
+        "retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout", "retry_back_off",
+        "retry_host_predicate", "host_selection_retry_max_attempts", "retriable_status_codes",
+        "retriable_headers",
+    },
+    _R + "RetryPolicy.RetryBackOff": {"base_interval", "max_interval"},
+    _R + "RetryPolicy.RetryHostPredicate": {"name", "typed_config"},
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": set(),
     _R + "WeightedCluster": {"clusters"},
     _R + "WeightedCluster.ClusterWeight": {"name", "weight", "host_rewrite_literal"} | _HEADERS,
     _R + "RedirectAction": {
@@ -90,15 +121,36 @@ SUPPORTED: dict[str, set[str]] = {
     "envoy.config.cluster.v3.Cluster": {
         "name", "type", "connect_timeout", "lb_policy", "load_assignment",
         "per_connection_buffer_limit_bytes", "upstream_connection_options", "dns_lookup_family",
-        "dns_refresh_rate",
+        "dns_refresh_rate", "circuit_breakers",
+        "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
+        "round_robin_lb_config", "common_lb_config", "health_checks", "outlier_detection",
     },
-    "envoy.config.endpoint.v3.ClusterLoadAssignment": {"cluster_name", "endpoints"},
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig": {
+        "minimum_ring_size", "maximum_ring_size", "hash_function",
+    },
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig": {"table_size"},
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count", "active_request_bias"},
+    "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig": set(),  # slow_start_config refused
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig": {"healthy_panic_threshold"},
+    "envoy.type.v3.Percent": {"value"},
+    _CORE + "RuntimeDouble": {"default_value", "runtime_key"},
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": {"overprovisioning_factor"},
+    "envoy.config.cluster.v3.CircuitBreakers": {"thresholds", "per_host_thresholds"},
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
+        "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries",
+        "retry_budget", "track_remaining", "max_connection_pools",
+    },
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget": {
+        "budget_percent", "min_retry_concurrency",
+    },
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": {"cluster_name", "endpoints", "policy"},
     "envoy.config.endpoint.v3.LocalityLbEndpoints": {"lb_endpoints", "priority"},
     "envoy.config.endpoint.v3.LbEndpoint": {"endpoint", "load_balancing_weight"},
     "envoy.config.endpoint.v3.Endpoint": {"address"},
     "envoy.config.cluster.v3.UpstreamConnectionOptions": {"tcp_keepalive"},
     _CORE + "TcpKeepalive": {"keepalive_probes", "keepalive_time", "keepalive_interval"},
 }
+SUPPORTED.update(_health_supported)
 
 # Messages whose content is a value (not walked field by field).
 _LEAVES = {
@@ -142,6 +194,12 @@ def _walk(msg, path: str, unknown_any: dict[str, str], errors: Errors) -> None:
             errors.add(fpath, "not supported")
             continue
         if field.type != FD.TYPE_MESSAGE:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            vfield = field.message_type.fields_by_name["value"]
+            if vfield.type == FD.TYPE_MESSAGE:
+                for key in sorted(value):  # paths as the loader writes them: field.key
+                    _walk_value(value[key], f"{fpath}.{snake(key)}", unknown_any, errors)
             continue
         if field.is_repeated:
             for i, item in enumerate(value):

@@ -31,6 +31,7 @@ from typing import Optional
 
 from fastproxy import __version__
 from fastproxy.cli import ENVOY_API, load_config
+from fastproxy.stats import limits
 
 log = logging.getLogger("fastproxy.main")
 config_log = logging.getLogger("fastproxy.config")
@@ -107,6 +108,7 @@ class Supervisor:
         self.restarts = 0
         self.admin = None
         self._stop: Optional[asyncio.Event] = None
+        self.host_health = None  # fastproxy.upstream.health.HostHealth, when configured
 
     # -- admin provider ----------------------------------------------------------------------
 
@@ -114,6 +116,9 @@ class Supervisor:
         from fastproxy.admin.server import stat_rows
 
         self._set_gauge("server.uptime", int(time.time() - self.started_at))
+        limits.refresh(self.shared, self.layout, self.bootstrap)
+        if self.host_health is not None:
+            self.host_health.refresh_stats()
         return stat_rows(self.layout.names, self.layout.kinds, self.shared.sum())
 
     def server_state(self) -> str:
@@ -172,7 +177,8 @@ class Supervisor:
     def _update_state(self) -> None:
         if self.state == DRAINING:
             return
-        if all(self.ready):
+        # Like Envoy's cluster initialization, LIVE waits for the first health check of each host.
+        if all(self.ready) and (self.host_health is None or self.host_health.initialized):
             if self.state != LIVE:
                 if not self.ever_ready:
                     log.info("all workers started (%d); server is LIVE", self.concurrency)
@@ -229,6 +235,9 @@ class Supervisor:
             was_ready = self.ready[index]
             self.ready[index] = False
             self.procs[index] = None
+            # Give back the circuit breaker counts the dead worker held (the connections and
+            # requests it counted are gone with it).
+            limits.release_worker(self.shared.path, index)
             if self._stop.is_set():
                 return
             self._update_state()
@@ -301,12 +310,16 @@ class Supervisor:
                     return 1
                 self.admin = server
                 log.info("admin address: %s", server.address)
+            if self.host_health is not None:
+                self.host_health.start(self._update_state)
             log.info("starting %d worker(s)", self.concurrency)
             slots = [asyncio.ensure_future(self._run_slot(i)) for i in range(self.concurrency)]
             await self._stop.wait()
             self.state = DRAINING
             self._set_gauge("server.live", 0)
             await self._stop_workers(slots)
+            if self.host_health is not None:
+                await self.host_health.stop()
             return self.exit_code
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -343,18 +356,27 @@ def serve(options) -> int:
 
     log_file = None
     shared = None
+    host_health = None
     try:
         layout = StatsLayout(bootstrap, ports)
         shared = SharedStats.create(shm_path(options.base_id), options.concurrency + 1, layout)
+        limits.create_blocks(bootstrap, shared.path, options.concurrency)
         if options.log_path:
             log_file = open(options.log_path, "ab")
         supervisor = Supervisor(options, bootstrap, ports, shared, layout, log_file)
+        from fastproxy.upstream.health import HostHealth
+
+        host_health = supervisor.host_health = HostHealth.create(bootstrap, shared, layout)
         uvloop.install()
         code = asyncio.run(supervisor.run())
         log.info("exiting")
         return code
     finally:
+        if host_health is not None:
+            host_health.close()
         if shared is not None:
+            limits.close_blocks(shared.path)
+            limits.remove_blocks(shared.path)
             shared.close()
             shared.unlink()
             try:

@@ -6,7 +6,14 @@ table's order; the core adds an enum member to the block's base.
 """
 from __future__ import annotations
 
-from .names import CLUSTER_STATS, HTTP_STATS, LISTENER_STATS, SERVER_STATS
+from .names import (
+    CIRCUIT_BREAKER_REMAINING_STATS,
+    CLUSTER_STATS,
+    HTTP_STATS,
+    LISTENER_STATS,
+    LOCAL_RATE_LIMIT_STATS,
+    SERVER_STATS,
+)
 
 
 def listener_stat_prefix(address: str, port: int) -> str:
@@ -37,7 +44,27 @@ class StatsLayout:
         self.cluster_bases: dict[str, int] = {}
         for cluster in bootstrap.clusters:
             self.cluster_bases[cluster.name] = self._block("cluster.%s." % cluster.name, CLUSTER_STATS)
+        self._limits_blocks(bootstrap)
         self.index = {name: i for i, name in enumerate(self.names)}
+
+    def _limits_blocks(self, bootstrap):
+        # Blocks the main process fills from the circuit breaker and rate limit shared blocks
+        # (fastproxy.stats.limits): remaining_* per tracked priority, and each local rate limit
+        # stat_prefix's counters.
+        from fastproxy.config import local_ratelimit
+        from fastproxy.config.circuit_breakers import PRIORITY_NAMES
+
+        self.remaining_bases: dict[tuple[str, int], int] = {}
+        for cluster in bootstrap.clusters:
+            cb = getattr(cluster, "circuit_breakers", None)
+            for prio, th in enumerate(cb.thresholds if cb is not None else ()):
+                if th.track_remaining:
+                    self.remaining_bases[(cluster.name, prio)] = self._block(
+                        "cluster.%s.circuit_breakers.%s." % (cluster.name, PRIORITY_NAMES[prio]),
+                        CIRCUIT_BREAKER_REMAINING_STATS)
+        self.ratelimit_bases: list[int] = [
+            self._block("%s.http_local_rate_limit." % prefix, LOCAL_RATE_LIMIT_STATS)
+            for prefix in local_ratelimit.stat_prefixes(bootstrap)]
 
     def _block(self, prefix, table):
         base = len(self.names)

@@ -103,6 +103,52 @@ CLUSTER_STATS = [
     ("upstream_rq_per_try_timeout", COUNTER),
     ("upstream_rq_per_try_idle_timeout", COUNTER),
     ("upstream_rq_max_duration_reached", COUNTER),
+    # circuit breakers: overflows (counted by the workers) and, per priority, whether each
+    # threshold is reached (gauges the main process derives from the shared counts)
+    ("upstream_rq_active_overflow", COUNTER),
+    ("upstream_cx_pool_overflow", COUNTER),
+    ("circuit_breakers.default.cx_open", GAUGE),
+    ("circuit_breakers.default.cx_pool_open", GAUGE),
+    ("circuit_breakers.default.rq_pending_open", GAUGE),
+    ("circuit_breakers.default.rq_open", GAUGE),
+    ("circuit_breakers.default.rq_retry_open", GAUGE),
+    ("circuit_breakers.high.cx_open", GAUGE),
+    ("circuit_breakers.high.cx_pool_open", GAUGE),
+    ("circuit_breakers.high.rq_pending_open", GAUGE),
+    ("circuit_breakers.high.rq_open", GAUGE),
+    ("circuit_breakers.high.rq_retry_open", GAUGE),
+    # active health checking (counted by the main process, which runs the checks)
+    ("health_check.attempt", COUNTER),
+    ("health_check.success", COUNTER),
+    ("health_check.failure", COUNTER),
+    ("health_check.network_failure", COUNTER),
+    ("health_check.passive_failure", COUNTER),
+    ("health_check.verify_cluster", COUNTER),
+    ("health_check.healthy", GAUGE),
+    ("health_check.degraded", GAUGE),
+    # outlier detection: consecutive-error ejections are counted by the worker that saw the
+    # last error, interval ejections and the gauge by the main process
+    ("outlier_detection.ejections_active", GAUGE),
+    ("outlier_detection.ejections_total", COUNTER),
+    ("outlier_detection.ejections_overflow", COUNTER),
+    ("outlier_detection.ejections_enforced_total", COUNTER),
+    ("outlier_detection.ejections_consecutive_5xx", COUNTER),
+    ("outlier_detection.ejections_success_rate", COUNTER),
+    ("outlier_detection.ejections_detected_consecutive_5xx", COUNTER),
+    ("outlier_detection.ejections_enforced_consecutive_5xx", COUNTER),
+    ("outlier_detection.ejections_detected_consecutive_gateway_failure", COUNTER),
+    ("outlier_detection.ejections_enforced_consecutive_gateway_failure", COUNTER),
+    ("outlier_detection.ejections_detected_consecutive_local_origin_failure", COUNTER),
+    ("outlier_detection.ejections_enforced_consecutive_local_origin_failure", COUNTER),
+    ("outlier_detection.ejections_detected_success_rate", COUNTER),
+    ("outlier_detection.ejections_enforced_success_rate", COUNTER),
+    ("outlier_detection.ejections_detected_failure_percentage", COUNTER),
+    ("outlier_detection.ejections_enforced_failure_percentage", COUNTER),
+    ("outlier_detection.ejections_detected_local_origin_success_rate", COUNTER),
+    ("outlier_detection.ejections_enforced_local_origin_success_rate", COUNTER),
+    ("outlier_detection.ejections_detected_local_origin_failure_percentage", COUNTER),
+    ("outlier_detection.ejections_enforced_local_origin_failure_percentage", COUNTER),
+    ("outlier_detection.ejections_detected_degradation", COUNTER),
 ]
 # Per-status counters (upstream_rq_200...): Envoy creates them on first use; here they have fixed
 # slots, and the admin lists one only once it is non-zero.
@@ -114,3 +160,24 @@ def hidden_when_zero(name: str) -> bool:
     """Stats that Envoy would not have created yet while they are zero."""
     tail = name.rsplit(".", 1)[-1]
     return tail.startswith("upstream_rq_") and tail[12:].isdigit() and len(tail) == 15
+
+
+# cluster.<name>.circuit_breakers.<priority>.*  (only for thresholds with track_remaining;
+# written by the main process from the shared counts.  remaining_cx_pools is not kept: its
+# unlimited default does not fit a signed 64-bit value.)
+CIRCUIT_BREAKER_REMAINING_STATS = [
+    ("remaining_cx", GAUGE),
+    ("remaining_pending", GAUGE),
+    ("remaining_rq", GAUGE),
+    ("remaining_retries", GAUGE),
+]
+
+# <stat_prefix>.http_local_rate_limit.*  (envoy.filters.http.local_ratelimit; the workers count
+# them in the rate limit block and the main process sums them into its slot)
+LOCAL_RATE_LIMIT_STATS = [
+    ("enabled", COUNTER),
+    ("enforced", COUNTER),
+    ("ok", COUNTER),
+    ("rate_limited", COUNTER),
+    ("shadow_mode", COUNTER),
+]

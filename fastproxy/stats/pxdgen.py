@@ -37,7 +37,7 @@ def render() -> str:
         out.append("cdef enum:  # %s" % section)
         limit = names.CLUSTER_CODE_BASE if section == "cluster" else len(table)
         for i, (name, _) in enumerate(table[:limit]):
-            out.append("    %s%s = %d" % (prefix, name.upper(), i))
+            out.append("    %s%s = %d" % (prefix, name.upper().replace(".", "_"), i))
         if section == "cluster":
             out.append("    CLUSTER_UPSTREAM_RQ_100 = %d    # upstream_rq_100 .. upstream_rq_599 "
                        "follow in order" % names.CLUSTER_CODE_BASE)

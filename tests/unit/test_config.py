@@ -397,7 +397,7 @@ def test_all_errors_reported():
     lst["filter_chains"][0]["filter_chain_match"] = {"server_names": ["a"]}
     hcm(d)["codec_type"] = "HTTP2"
     vh(d)["routes"][0]["route"]["cluster"] = "missing"
-    d["static_resources"]["clusters"][0]["lb_policy"] = "RING_HASH"
+    d["static_resources"]["clusters"][0]["lb_policy"] = "CLUSTER_PROVIDED"
     errs = errors_of(d)
     assert set(errs) == {
         "layered_runtime: not supported",
@@ -405,7 +405,7 @@ def test_all_errors_reported():
         "static_resources.listeners[0].listener_filters: not supported",
         HCM_PATH + ".codec_type: HTTP2 not supported",
         VH_PATH + ".routes[0].route.cluster: route: unknown cluster 'missing'",
-        "static_resources.clusters[0].lb_policy: RING_HASH not supported",
+        "static_resources.clusters[0].lb_policy: CLUSTER_PROVIDED not supported",
     }
     assert len(errs) == 6
 

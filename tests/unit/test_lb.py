@@ -359,7 +359,7 @@ def test_same_seed_same_picks(policy, weights):
 
 def test_invalid_arguments():
     with pytest.raises(ValueError):
-        LoadBalancer("MAGLEV", [1], [0], seed=1)
+        LoadBalancer("CLUSTER_PROVIDED", [1], [0], seed=1)
     with pytest.raises(ValueError):
         LoadBalancer("ROUND_ROBIN", [1, 0], [0, 0], seed=1)
     with pytest.raises(ValueError):

@@ -29,7 +29,7 @@ def test_pxd_enums_mirror_the_name_tables():
         members = _enum_members(text, section)
         fixed = [mm for mm in members if mm[0] != "CLUSTER_UPSTREAM_RQ_100"]
         for (member, index), (name, _) in zip(fixed, table):
-            assert member == prefix + name.upper()
+            assert member == prefix + name.upper().replace(".", "_")
             assert table[index][0] == name
         if section == "cluster":
             assert dict(members)["CLUSTER_UPSTREAM_RQ_100"] == names.CLUSTER_CODE_BASE

@@ -1,0 +1,1 @@
+"""Upstream host management in the main process: active health checking, outlier detection."""
