@@ -29,6 +29,8 @@ cdef class ListenerRuntime:
     cdef double idle_timeout
     cdef double stream_idle_timeout
     cdef double request_timeout
+    cdef double min_route_idle       # smallest route idle_timeout, for the sweep's period
+    cdef double max_stream_duration  # common_http_protocol_options.max_stream_duration
     cdef size_t buffer_limit
     cdef bytes server_name
     cdef frozenset upgrade_types
@@ -100,6 +102,8 @@ cdef class Stream:
     cdef object retry_timer
     cdef bint holds_retry
     cdef int internal           # -1 unknown, 0 external, 1 internal request
+    cdef double idle_timeout    # stream idle timeout (the route's idle_timeout or the HCM's)
+    cdef object duration_timer  # max_stream_duration
 
     cdef void reset(self)
 

@@ -104,6 +104,7 @@ cdef bytes BODY_TIMEOUT = b"upstream request timeout"
 cdef bytes BODY_CONNECT_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason: "
 cdef bytes BODY_STREAM_TIMEOUT = b"stream timeout"
 cdef bytes BODY_REQUEST_TIMEOUT = b"request timeout"
+cdef bytes BODY_DURATION_TIMEOUT = b"downstream duration timeout"
 cdef bytes BODY_PAYLOAD_TOO_LARGE = b"Payload Too Large"
 cdef bytes BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 cdef list OVERLOADED = [(b"x-envoy-overloaded", b"true")]
@@ -250,6 +251,10 @@ cdef class ListenerRuntime:
         self.idle_timeout = hcm.idle_timeout_ms / 1000.0
         self.stream_idle_timeout = hcm.stream_idle_timeout_ms / 1000.0
         self.request_timeout = hcm.request_timeout_ms / 1000.0
+        self.max_stream_duration = hcm.max_stream_duration_ms / 1000.0
+        idles = [r.route.idle_timeout_ms for vh in hcm.route_config.virtual_hosts
+                 for r in vh.routes if r.route is not None and r.route.idle_timeout_ms]
+        self.min_route_idle = min(idles) / 1000.0 if idles else 0
         self.buffer_limit = model.per_connection_buffer_limit_bytes
         self.server_name = hcm.server_name.encode()
         self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
@@ -478,6 +483,7 @@ cdef class Stream:
         self.tried = None
         self.per_try_timer = None
         self.per_try_idle_timer = None
+        self.duration_timer = None
         self.retry_timer = None
         self.holds_retry = False
         self.internal = -1
@@ -654,6 +660,7 @@ cdef class DownstreamConnection:
 
         s.reset()
         s.start_time = now()
+        s.idle_timeout = lr.stream_idle_timeout
         s.is_head = head.is_head
         s.keep_alive = head.keep_alive and not self.closing
         self.minor_version = head.minor_version
@@ -851,11 +858,20 @@ cdef class DownstreamConnection:
         cdef size_t i
         cdef const phr_header *h
         cdef bint envoy_headers = False
+        cdef double duration = self.listener.max_stream_duration
         rp = None
         if d.entry is not None:
             action = (<RouteEntry>d.entry).source.route
             if action is not None:
                 rp = action.retry_policy
+                if action.idle_timeout_ms is not None:
+                    s.idle_timeout = action.idle_timeout_ms / 1000.0
+                if action.max_stream_duration_ms is not None:
+                    duration = action.max_stream_duration_ms / 1000.0
+                    d.timeout_ms = 0  # Envoy's router then leaves the route timeout unset
+        if duration > 0:
+            s.duration_timer = self.worker.loop.call_at(
+                self.worker.loop.time() + duration - (now() - s.start_time), self._on_max_duration)
         if rp is not None:
             s.retry = rp
             s.retry_on = rp.retry_on
@@ -1095,6 +1111,16 @@ cdef class DownstreamConnection:
             s.per_try_idle_timer = self.worker.loop.call_later(
                 s.retry.per_try_idle_timeout_ms / 1000.0, self._on_per_try_idle)
 
+    def _on_max_duration(self):
+        """max_stream_duration (route or connection manager): Envoy's 504 "downstream duration
+        timeout" (408 while the request is still arriving), or a reset once the response began."""
+        cdef Stream s = self.stream
+        s.duration_timer = None
+        if s.response_complete or self.transport is None:
+            return
+        self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_RQ_MAX_DURATION_REACHED] += 1
+        self._upstream_failed(504 if s.request_complete else 408, BODY_DURATION_TIMEOUT)
+
     def _on_per_try_idle(self):
         """per_try_idle_timeout: no byte to or from this attempt's upstream for that long.  The
         timer is re-armed lazily for the rest of the interval after activity, so reads and
@@ -1279,6 +1305,9 @@ cdef class DownstreamConnection:
         if s.per_try_idle_timer is not None:
             s.per_try_idle_timer.cancel()
             s.per_try_idle_timer = None
+        if s.duration_timer is not None:
+            s.duration_timer.cancel()
+            s.duration_timer = None
         if s.retry_timer is not None:
             s.retry_timer.cancel()
             s.retry_timer = None
@@ -1381,6 +1410,9 @@ cdef class DownstreamConnection:
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
+        if s.duration_timer is not None:
+            s.duration_timer.cancel()
+            s.duration_timer = None
         if not s.keep_alive or (self.state == S_BODY and not s.request_complete):
             self._close()
             return 0
@@ -1448,7 +1480,7 @@ cdef class DownstreamConnection:
                 return
             up_activity = s.upstream.last_activity if s.upstream is not None else 0.0
             last = max(self.last_activity, up_activity, s.start_time)
-            if lr.stream_idle_timeout > 0 and t - last >= lr.stream_idle_timeout:
+            if s.idle_timeout > 0 and t - last >= s.idle_timeout:
                 v[lr.http_base + HTTP_DOWNSTREAM_RQ_IDLE_TIMEOUT] += 1
                 self._upstream_failed(504 if s.request_complete else 408, BODY_STREAM_TIMEOUT)
 
@@ -2164,7 +2196,7 @@ cdef class Worker:
         cdef double interval = 1.0
         for lr in self.listeners:
             for t in ((<ListenerRuntime>lr).idle_timeout, (<ListenerRuntime>lr).stream_idle_timeout,
-                      (<ListenerRuntime>lr).request_timeout):
+                      (<ListenerRuntime>lr).request_timeout, (<ListenerRuntime>lr).min_route_idle):
                 if 0 < t and t / 4 < interval:
                     interval = t / 4
         return max(interval, 0.01)

@@ -139,6 +139,7 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
         route_config=rc,
         codec_type=codec,
         idle_timeout_ms=opt_duration_ms(cpo, "idle_timeout", 3_600_000),
+        max_stream_duration_ms=opt_duration_ms(cpo, "max_stream_duration", 0),
         max_request_headers_kb=wrapped(h, "max_request_headers_kb", 60),
         stream_idle_timeout_ms=opt_duration_ms(h, "stream_idle_timeout", 300_000),
         request_timeout_ms=opt_duration_ms(h, "request_timeout", 0),

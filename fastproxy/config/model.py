@@ -143,6 +143,8 @@ class RouteAction:
     auto_host_rewrite: bool = False
     timeout_ms: int = 15000  # route.timeout; 0 disables
     retry_policy: Optional[RetryPolicy] = None
+    idle_timeout_ms: Optional[int] = None  # route idle_timeout: overrides stream_idle_timeout
+    max_stream_duration_ms: Optional[int] = None  # max_stream_duration.max_stream_duration
     hash_policy: list[HashPolicy] = field(default_factory=list)  # for RING_HASH / MAGLEV
 
 
@@ -205,6 +207,7 @@ class HttpConnectionManager:
     xff_num_trusted_hops: int = 0
     generate_request_id: bool = True
     server_name: str = "envoy"
+    max_stream_duration_ms: int = 0  # common_http_protocol_options.max_stream_duration; 0 = none
     upgrade_types: list[str] = field(default_factory=list)  # upgrade_configs, lower-cased
     # envoy.filters.http.local_ratelimit in http_filters (config.local_ratelimit.LocalRateLimit)
     local_ratelimit: Optional[object] = None

@@ -115,6 +115,10 @@ def route_action(ra, path: str, errors: Errors, refs: ClusterRefs) -> model.Rout
     elif host == "auto_host_rewrite":
         out.auto_host_rewrite = ra.auto_host_rewrite.value
     out.timeout_ms = duration_ms(ra.timeout) if ra.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS
+    if ra.HasField("idle_timeout"):
+        out.idle_timeout_ms = duration_ms(ra.idle_timeout)
+    if ra.HasField("max_stream_duration") and ra.max_stream_duration.HasField("max_stream_duration"):
+        out.max_stream_duration_ms = duration_ms(ra.max_stream_duration.max_stream_duration)
     if ra.HasField("retry_policy"):
         out.retry_policy = retry_policy(ra.retry_policy, join(path, "retry_policy"), errors)
     out.hash_policy = hash_policies(ra, path, errors)

@@ -65,7 +65,7 @@ SUPPORTED: dict[str, set[str]] = {
     "envoy.type.v3.FractionalPercent": {"numerator", "denominator"},
     "envoy.type.v3.Percent": {"value"},
     _CORE + "RuntimeFractionalPercent": {"default_value", "runtime_key"},
-    _CORE + "HttpProtocolOptions": {"idle_timeout"},
+    _CORE + "HttpProtocolOptions": {"idle_timeout", "max_stream_duration"},
     # Routing
     _R + "RouteConfiguration": {"name", "virtual_hosts"} | _HEADERS,
     _R + "VirtualHost": {"name", "domains", "routes", "retry_policy",
@@ -88,7 +88,8 @@ SUPPORTED: dict[str, set[str]] = {
     _M + "RegexMatchAndSubstitute": {"pattern", "substitution"},
     _R + "RouteAction": {
         "cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
-        "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy",
+        "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy", "idle_timeout",
+        "max_stream_duration",
         "hash_policy",
     },
     _R + "RouteAction.HashPolicy": {
@@ -105,6 +106,7 @@ SUPPORTED: dict[str, set[str]] = {
         "retriable_headers",
     },
     _R + "RetryPolicy.RetryBackOff": {"base_interval", "max_interval"},
+    _R + "RouteAction.MaxStreamDuration": {"max_stream_duration"},
     _R + "RetryPolicy.RetryHostPredicate": {"name", "typed_config"},
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": set(),
     _R + "WeightedCluster": {"clusters"},

@@ -60,6 +60,7 @@ HTTP_STATS = [
     ("rq_total", COUNTER),
     ("rq_reset_after_downstream_response_started", COUNTER),
     ("downstream_rq_non_relative_path", COUNTER),
+    ("downstream_rq_max_duration_reached", COUNTER),
 ]
 
 # cluster.<name>.*
