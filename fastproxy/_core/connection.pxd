@@ -104,6 +104,7 @@ cdef class Stream:
     cdef int internal           # -1 unknown, 0 external, 1 internal request
     cdef double idle_timeout    # stream idle timeout (the route's idle_timeout or the HCM's)
     cdef object duration_timer  # max_stream_duration
+    cdef list hedges            # earlier attempts still running (hedge_on_per_try_timeout)
 
     cdef void reset(self)
 
@@ -142,6 +143,7 @@ cdef class DownstreamConnection:
     cdef bint _retriable_status(self, int status)
     cdef bint _retry(self)
     cdef void _start_per_try_timer(self)
+    cdef void _drop_hedges(self)
     cdef bint _request_internal(self, RequestHead *head)
     cdef int _setup_retry(self, RequestHead *head, RouteDecision d) except -1
     cdef int _pick_host(self, ClusterRuntime cluster, RouteDecision d, list avoid) except -2

@@ -484,6 +484,7 @@ cdef class Stream:
         self.per_try_timer = None
         self.per_try_idle_timer = None
         self.duration_timer = None
+        self.hedges = None
         self.retry_timer = None
         self.holds_retry = False
         self.internal = -1
@@ -1146,8 +1147,29 @@ cdef class DownstreamConnection:
         s.per_try_timer = None
         if s.response_started or s.response_complete or s.cluster is None:
             return
+        if s.retry is not None and s.retry.hedge_on_per_try_timeout:
+            # Hedging: this attempt goes on (so it is no per-try timeout in Envoy's stats);
+            # another one starts.  The first answer wins.
+            if s.upstream is not None and s.retries_left > 0:
+                if s.hedges is None:
+                    s.hedges = []
+                s.hedges.append(s.upstream)
+                s.upstream = None
+                if not self._retry():
+                    s.upstream = s.hedges.pop()
+            return
         self.worker.values[s.cluster.base + CLUSTER_UPSTREAM_RQ_PER_TRY_TIMEOUT] += 1
         self._attempt_failed(FAIL_PER_TRY_TIMEOUT, 504, BODY_TIMEOUT)
+
+    cdef void _drop_hedges(self):
+        cdef Stream s = self.stream
+        cdef UpstreamConnection h
+        if s.hedges is None:
+            return
+        for h in s.hedges:
+            h.stream = None
+            h._close_transport()
+        s.hedges = None
 
     cdef void _attempt_failed(self, int kind, int status, bytes body):
         """One attempt failed before a response: retry when the policy says so, else answer."""
@@ -1308,6 +1330,7 @@ cdef class DownstreamConnection:
         if s.duration_timer is not None:
             s.duration_timer.cancel()
             s.duration_timer = None
+        self._drop_hedges()
         if s.retry_timer is not None:
             s.retry_timer.cancel()
             s.retry_timer = None
@@ -1875,6 +1898,18 @@ cdef class UpstreamConnection:
         cdef bytes out
         if self.cluster.state is not None:
             self.cluster.state.report_response(self.host, head.status)
+        if s.hedges is not None:
+            # hedged attempts: the first to answer wins, the others are reset
+            if s.upstream is not self:
+                s.hedges.remove(self)
+                if s.upstream is not None:
+                    s.upstream.stream = None
+                    s.upstream._close_transport()
+                if s.retry_timer is not None:
+                    s.retry_timer.cancel()
+                    s.retry_timer = None
+                s.upstream = self
+            down._drop_hedges()
         if s.retry is not None and (down._retriable_status(head.status) or (
                 s.retry_on and "retriable-headers" in s.retry_on
                 and retriable_headers_match(s.retry.retriable_headers, head))):
@@ -2060,9 +2095,19 @@ cdef class UpstreamConnection:
         self._close_transport()
         if s is not None and s.downstream is not None and s.upstream is self:
             s.upstream = None
+            if s.hedges:
+                # an earlier hedged attempt is still running: it carries the request on
+                s.upstream = <UpstreamConnection>s.hedges.pop()
+                if not s.hedges:
+                    s.hedges = None
+                return
             s.downstream._attempt_failed(
                 FAIL_CONNECT if not self.connected else FAIL_RESET,
                 status, BODY_CONNECT_PREFIX + reason.encode())
+        elif s is not None and s.hedges is not None and self in s.hedges:
+            s.hedges.remove(self)
+            if not s.hedges:
+                s.hedges = None
 
     cdef void _close_transport(self):
         if not self.closed:

@@ -117,6 +117,7 @@ class RetryPolicy:
     host_selection_retry_max_attempts: int = 1
     retriable_status_codes: tuple = ()
     retriable_headers: list = field(default_factory=list)  # HeaderMatcher on the response
+    hedge_on_per_try_timeout: bool = False  # the virtual host's hedge_policy
 
 
 @dataclass(frozen=True)

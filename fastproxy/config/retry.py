@@ -1,4 +1,4 @@
-"""Retry policies (route.v3.RetryPolicy) into model.RetryPolicy.  (HedgePolicy is refused.)
+"""Retry and hedge policies (route.v3.RetryPolicy, HedgePolicy) into model.RetryPolicy.
 
 A route's retry_policy replaces its virtual host's entirely, as in Envoy; the virtual host's is
 copied onto the routes that have none, so the core looks in one place.
@@ -53,10 +53,15 @@ def retry_policy(rp, path: str, errors: Errors) -> model.RetryPolicy:
 
 
 def apply_virtual_host_policies(vh, routes: list, path: str, errors: Errors) -> None:
-    """Give routes without a retry policy their virtual host's."""
-    if not vh.HasField("retry_policy"):
-        return
-    vh_policy = retry_policy(vh.retry_policy, join(path, "retry_policy"), errors)
+    """Give routes without a retry policy their virtual host's, and the virtual host's hedge
+    policy (hedge_on_per_try_timeout) to every route's retry policy."""
+    hedge = vh.HasField("hedge_policy") and vh.hedge_policy.hedge_on_per_try_timeout
+    vh_policy = retry_policy(vh.retry_policy, join(path, "retry_policy"), errors) \
+        if vh.HasField("retry_policy") else None
     for r in routes:
-        if r.route is not None and r.route.retry_policy is None:
+        if r.route is None:
+            continue
+        if r.route.retry_policy is None and vh_policy is not None:
             r.route.retry_policy = dataclasses.replace(vh_policy)
+        if hedge and r.route.retry_policy is not None:
+            r.route.retry_policy.hedge_on_per_try_timeout = True

@@ -68,7 +68,7 @@ SUPPORTED: dict[str, set[str]] = {
     _CORE + "HttpProtocolOptions": {"idle_timeout", "max_stream_duration"},
     # Routing
     _R + "RouteConfiguration": {"name", "virtual_hosts"} | _HEADERS,
-    _R + "VirtualHost": {"name", "domains", "routes", "retry_policy",
+    _R + "VirtualHost": {"name", "domains", "routes", "retry_policy", "hedge_policy",
                          "typed_per_filter_config"} | _HEADERS,
     _R + "Route": {"name", "match", "route", "redirect", "direct_response",
                    "typed_per_filter_config"} | _HEADERS,
@@ -107,6 +107,7 @@ SUPPORTED: dict[str, set[str]] = {
     },
     _R + "RetryPolicy.RetryBackOff": {"base_interval", "max_interval"},
     _R + "RouteAction.MaxStreamDuration": {"max_stream_duration"},
+    _R + "HedgePolicy": {"hedge_on_per_try_timeout"},
     _R + "RetryPolicy.RetryHostPredicate": {"name", "typed_config"},
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": set(),
     _R + "WeightedCluster": {"clusters"},

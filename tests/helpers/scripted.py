@@ -1,14 +1,18 @@
 """An origin that answers each request with the next status of a script (then 200)."""
 import socket
 import threading
+import time
 
 
 class ScriptedOrigin:
-    """Answers each request with the next status of a script (then 200), counting requests.
-    A status of 0 closes the connection without answering."""
+    """Answers each request with the next status of a script (then 200), counting requests,
+    after the next delay of `delays` (then at once).  A status of 0 closes the connection
+    without answering."""
 
-    def __init__(self, script=()):
+    def __init__(self, script=(), delays=()):
         self.script = list(script)
+        self.delays = list(delays)  # seconds to wait before answering the n-th request
+        self.closed_early = 0       # connections the client closed before an answer
         self.count = 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
@@ -46,6 +50,9 @@ class ScriptedOrigin:
                 with self.lock:
                     self.count += 1
                     status = self.script.pop(0) if self.script else 200
+                    delay = self.delays.pop(0) if self.delays else 0
+                if delay:
+                    time.sleep(delay)
                 if status == 0:
                     return
                 out = b"%d:%s" % (self.port, body)
