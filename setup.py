@@ -34,6 +34,7 @@ extensions = [
     core("breakers"),
     core("ratelimit", libraries=HTTP_LIBS),
     core("connection", libraries=HTTP_LIBS),
+    core("http2", libraries=["nghttp2"]),
 ]
 
 # FASTPROXY_ONLY=http1,router builds just those extensions (and skips the cffi module):

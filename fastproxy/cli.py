@@ -177,6 +177,16 @@ def load_config(path: str):
     return None
 
 
+def load_config_isolated(path: str):
+    """As load_config, compiling in a child process: the caller stays free of the schema."""
+    from fastproxy.config import isolated
+
+    bootstrap, errors = isolated.load(path)
+    for error in errors:
+        log.critical("error initializing configuration '%s': %s", path, error)
+    return bootstrap
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parse_args(argv)
     setup_logging(options.log_level, options.log_path)

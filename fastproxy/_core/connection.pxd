@@ -79,7 +79,7 @@ cdef class Stream:
     cdef bint downstream_chunked    # re-framing the response as chunked for the client
     cdef int status
     cdef double start_time
-    cdef object timer
+    cdef double deadline        # route timeout (in the worker's timer wheel); 0 = not armed
     cdef list pending_writes        # upstream writes queued while connecting
     cdef int64_t request_remaining  # request body bytes still to forward (content-length)
     cdef bint request_chunked
@@ -205,6 +205,12 @@ cdef class Worker:
     cdef bint draining
     cdef object sweeper
     cdef object health_timer
+    # Route timeouts: a hashed timing wheel of 256 slots of WHEEL_TICK seconds.  Arming is a list
+    # append; cancelling is clearing Stream.deadline (the entry is dropped when its slot comes up).
+    cdef list wheel
+    cdef int64_t wheel_tick     # last tick processed
+    cdef Py_ssize_t wheel_count
+    cdef object wheel_handle
     cdef readonly str shm_path
     cdef readonly int index
     cdef bytes date_value
@@ -212,5 +218,6 @@ cdef class Worker:
 
     cdef uint64_t random(self) noexcept
     cdef void put_uuid4(self, OutBuf *b) except *
+    cdef void arm_timeout(self, Stream s, double delay)
     cdef bytes date(self)
     cdef double _sweep_interval_c(self)

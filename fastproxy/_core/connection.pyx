@@ -122,6 +122,10 @@ cdef frozenset RETRY_ON_RESET = frozenset(["5xx", "gateway-error", "reset"])
 cdef frozenset RETRY_ON_PER_TRY = frozenset(["5xx", "gateway-error"])
 
 
+DEF_WHEEL_SLOTS = 256
+cdef double WHEEL_TICK = 0.01
+
+
 cdef inline double now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -452,7 +456,7 @@ cdef class ClusterRuntime:
 cdef class Stream:
     def __cinit__(self):
         self.pending_writes = None
-        self.timer = None
+        self.deadline = 0
 
     cdef void reset(self):
         self.upstream = None
@@ -464,7 +468,7 @@ cdef class Stream:
         self.upgrade = False
         self.downstream_chunked = False
         self.status = 0
-        self.timer = None
+        self.deadline = 0
         self.pending_writes = None
         self.request_remaining = 0
         self.request_chunked = False
@@ -1097,7 +1101,7 @@ cdef class DownstreamConnection:
         if self.state == S_BODY:
             self.state = S_WAIT
         if s.decision.timeout_ms > 0 and not s.response_complete:
-            s.timer = self.worker.loop.call_later(s.decision.timeout_ms / 1000.0, self._on_timeout)
+            self.worker.arm_timeout(s, s.decision.timeout_ms / 1000.0)
         self._start_per_try_timer()
 
     cdef void _start_per_try_timer(self):
@@ -1260,7 +1264,7 @@ cdef class DownstreamConnection:
     def _on_timeout(self):
         cdef Stream s = self.stream
         cdef ClusterRuntime c = s.cluster
-        s.timer = None
+        s.deadline = 0
         if s.response_complete or c is None:
             return
         self.worker.values[c.base + CLUSTER_UPSTREAM_RQ_TIMEOUT] += 1
@@ -1318,9 +1322,7 @@ cdef class DownstreamConnection:
         cdef Stream s = self.stream
         cdef ClusterRuntime c = s.cluster
         cdef int64_t *v = self.worker.values
-        if s.timer is not None:
-            s.timer.cancel()
-            s.timer = None
+        s.deadline = 0
         if s.per_try_timer is not None:
             s.per_try_timer.cancel()
             s.per_try_timer = None
@@ -1430,9 +1432,7 @@ cdef class DownstreamConnection:
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_COMPLETED] += 1
         if s.status >= 100:
             v[lr.http_base + HTTP_DOWNSTREAM_RQ_1XX + s.status // 100 - 1] += 1
-        if s.timer is not None:
-            s.timer.cancel()
-            s.timer = None
+        s.deadline = 0
         if s.duration_timer is not None:
             s.duration_timer.cancel()
             s.duration_timer = None
@@ -2170,6 +2170,10 @@ cdef class Worker:
         self.draining = False
         self.sweeper = None
         self.health_timer = None
+        self.wheel = [[] for _ in range(DEF_WHEEL_SLOTS)]
+        self.wheel_tick = <int64_t>(now() / WHEEL_TICK)
+        self.wheel_count = 0
+        self.wheel_handle = None
         self.date_value = None
         self.date_time = 0
         self.clusters = {}
@@ -2179,6 +2183,52 @@ cdef class Worker:
         for i, lm in enumerate(bootstrap.listeners):
             self.listeners.append(
                 ListenerRuntime(self, lm, layout.listener_bases[i], layout.http_bases[i]))
+
+    cdef void arm_timeout(self, Stream s, double delay):
+        """Arm the stream's route timeout `delay` seconds from now (at most one tick late)."""
+        cdef double deadline = now() + delay
+        cdef int64_t tick = <int64_t>(deadline / WHEEL_TICK) + 1
+        s.deadline = deadline
+        if tick <= self.wheel_tick:
+            tick = self.wheel_tick + 1
+        (<list>self.wheel[tick % DEF_WHEEL_SLOTS]).append(s)
+        self.wheel_count += 1
+        if self.wheel_handle is None:
+            self.wheel_handle = self.loop.call_later(WHEEL_TICK, self._wheel_turn)
+
+    def _wheel_turn(self):
+        cdef double t = now()
+        cdef int64_t target = <int64_t>(t / WHEEL_TICK)
+        cdef int64_t tick
+        cdef list due, keep
+        cdef Stream s
+        self.wheel_handle = None
+        if target - self.wheel_tick > DEF_WHEEL_SLOTS:
+            self.wheel_tick = target - DEF_WHEEL_SLOTS  # a long stall: every slot once is enough
+        while self.wheel_tick < target:
+            self.wheel_tick += 1
+            due = <list>self.wheel[self.wheel_tick % DEF_WHEEL_SLOTS]
+            if not due:
+                continue
+            self.wheel[self.wheel_tick % DEF_WHEEL_SLOTS] = keep = []
+            for s in due:
+                if s.deadline == 0:
+                    self.wheel_count -= 1           # cancelled, or a stale entry
+                elif s.deadline <= t:
+                    self.wheel_count -= 1
+                    s.deadline = 0
+                    if s.downstream is not None and s.downstream.stream is s:
+                        s.downstream._on_timeout()
+                else:
+                    tick = <int64_t>(s.deadline / WHEEL_TICK) + 1
+                    if tick <= self.wheel_tick:
+                        tick = self.wheel_tick + 1      # due within the next tick
+                    if tick - self.wheel_tick >= DEF_WHEEL_SLOTS:
+                        keep.append(s)                  # a later turn of the wheel
+                    else:
+                        (<list>self.wheel[tick % DEF_WHEEL_SLOTS]).append(s)
+        if self.wheel_count > 0:
+            self.wheel_handle = self.loop.call_later(WHEEL_TICK, self._wheel_turn)
 
     cdef uint64_t random(self) noexcept:
         # xorshift128+
@@ -2279,6 +2329,9 @@ cdef class Worker:
         if self.health_timer is not None:
             self.health_timer.cancel()
             self.health_timer = None
+        if self.wheel_handle is not None:
+            self.wheel_handle.cancel()
+            self.wheel_handle = None
         self.stop_listening()
         for c in list(self.connections):
             (<DownstreamConnection>c)._close()

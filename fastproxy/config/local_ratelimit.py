@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
-
 from . import model
 from .common import duration_ms, enum_name, wrapped
 from .errors import Errors, join
 from .headers import header_value_option
 
-TYPE_NAME = local_rate_limit_pb2.LocalRateLimit.DESCRIPTOR.full_name
+# The filter's proto type.  Kept as a name so that importing this module (the stats layout does,
+# in every worker) does not load the schema; the loader registers the type itself.
+TYPE_NAME = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 FILTER_NAME = "envoy.filters.http.local_ratelimit"
 
 # envoy.type.v3.FractionalPercent.DenominatorType

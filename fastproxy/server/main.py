@@ -30,7 +30,7 @@ import time
 from typing import Optional
 
 from fastproxy import __version__
-from fastproxy.cli import ENVOY_API, load_config
+from fastproxy.cli import ENVOY_API, load_config_isolated
 from fastproxy.stats import limits
 
 log = logging.getLogger("fastproxy.main")
@@ -335,7 +335,7 @@ def serve(options) -> int:
              __version__, ENVOY_API, options.base_id, options.concurrency)
     if options.disable_hot_restart:
         log.debug("--disable-hot-restart: fastproxy has no hot restart; nothing to disable")
-    bootstrap = load_config(options.config_path)
+    bootstrap = load_config_isolated(options.config_path)
     if bootstrap is None:
         return 1
     config_log.info("loading %d cluster(s)", len(bootstrap.clusters))
