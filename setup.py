@@ -34,6 +34,7 @@ extensions = [
     core("breakers"),
     core("ratelimit", libraries=HTTP_LIBS),
     core("connection", libraries=HTTP_LIBS),
+    core("h2downstream", libraries=HTTP_LIBS + ["nghttp2"]),
     core("http2", libraries=["nghttp2"]),
 ]
 

@@ -34,6 +34,7 @@ cdef class ListenerRuntime:
     cdef size_t buffer_limit
     cdef bytes server_name
     cdef frozenset upgrade_types
+    cdef int codec                  # 0 AUTO (HTTP/1, or HTTP/2 on its preface), 1 HTTP1, 2 HTTP2
     cdef RequestFilters filters     # HTTP filters before the router, None when there are none
     cdef object server
 
@@ -124,8 +125,10 @@ cdef class DownstreamConnection:
     cdef bint write_paused
     cdef double last_activity
     cdef int minor_version
+    cdef bint sniffed               # codec AUTO: the first bytes were checked for the h2 preface
 
     cdef int _process(self) except -1
+    cdef bint _sniff_h2(self, bytes data) except -1
     cdef void _codec_error(self, int rc)
     cdef int _on_request_head(self, const char *data, size_t length, int head_len) except -1
     cdef void _consume(self, Py_ssize_t n)

@@ -32,6 +32,7 @@ from fastproxy._core.router cimport (
     ACTION_NONE, ACTION_ROUTE, ACTION_REDIRECT, ACTION_DIRECT_RESPONSE, ACTION_NO_CLUSTER,
 )
 from fastproxy._core.lb cimport LoadBalancer
+from fastproxy._core.http2 cimport h2_preface_state, H2_PREFACE_NO, H2_PREFACE_PARTIAL
 from fastproxy._core.stats cimport *
 from fastproxy._core.hoststate cimport (
     HostState, LOCAL_CONNECT_FAILED, LOCAL_CONNECT_TIMEOUT, LOCAL_RESET, LOCAL_REQUEST_TIMEOUT)
@@ -262,10 +263,14 @@ cdef class ListenerRuntime:
         self.buffer_limit = model.per_connection_buffer_limit_bytes
         self.server_name = hcm.server_name.encode()
         self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
+        self.codec = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2}.get(hcm.codec_type, 0)
         self.filters = make_request_filters(hcm, worker.shm_path, worker.index)
         self.server = None
 
     def protocol_factory(self):
+        if self.codec == 2:
+            from fastproxy._core.h2downstream import H2DownstreamConnection
+            return H2DownstreamConnection(self)
         return DownstreamConnection(self)
 
 
@@ -374,10 +379,14 @@ cdef class ClusterRuntime:
         else:
             self.lb = None
         v = self.worker.values
-        v[self.base + CLUSTER_MEMBERSHIP_TOTAL] = len(hosts)
-        v[self.base + CLUSTER_MEMBERSHIP_HEALTHY] = len(hosts)
-        if changed and old_hosts:
-            v[self.base + CLUSTER_MEMBERSHIP_CHANGE] += 1
+        if self.worker.index == 0:
+            # gauges of the cluster, not of the worker: one worker writes them (the admin sums
+            # every slot); the host state keeps membership_healthy when it tracks health
+            v[self.base + CLUSTER_MEMBERSHIP_TOTAL] = len(hosts)
+            if self.state is None:
+                v[self.base + CLUSTER_MEMBERSHIP_HEALTHY] = len(hosts)
+            if changed and old_hosts:
+                v[self.base + CLUSTER_MEMBERSHIP_CHANGE] += 1
 
     def model_lb_options(self):
         """Extra LoadBalancer arguments from the cluster's config (lb_config and friends)."""
@@ -538,6 +547,9 @@ cdef class DownstreamConnection:
             return
         if self.state == S_CLOSED:
             return
+        if not self.sniffed:
+            if self.listener.codec == 0 and self._sniff_h2(data):
+                return
         if (self.state == S_BODY and not s.request_chunked and PyByteArray_GET_SIZE(self.buf) == 0
                 and <int64_t>n <= s.request_remaining):
             # Body bytes straight through, no copy into the buffer.
@@ -548,6 +560,28 @@ cdef class DownstreamConnection:
             return
         self.buf += data
         self._process()
+
+    cdef bint _sniff_h2(self, bytes data) except -1:
+        """codec_type AUTO: hand the connection to HTTP/2 when it opens with the preface."""
+        cdef bytes seen = bytes(self.buf) + data if PyByteArray_GET_SIZE(self.buf) else data
+        cdef int state = h2_preface_state(PyBytes_AS_STRING(seen), PyBytes_GET_SIZE(seen))
+        if state == H2_PREFACE_PARTIAL:
+            self.buf += data
+            return True
+        self.sniffed = True
+        if state == H2_PREFACE_NO:
+            if PyByteArray_GET_SIZE(self.buf):
+                del self.buf[:]
+                self.buf += seen[:len(seen) - len(data)]
+            return False
+        from fastproxy._core.h2downstream import switch_to_h2
+        del self.buf[:]
+        self.worker.connections.discard(self)
+        transport = self.transport
+        self.transport = None
+        self.state = S_CLOSED
+        switch_to_h2(self, transport, seen)
+        return True
 
     def eof_received(self):
         return False
@@ -735,8 +769,11 @@ cdef class DownstreamConnection:
                 return self._local_reply(404, None, head.body_kind != BODY_NONE, None)
             if action == ACTION_DIRECT_RESPONSE:
                 v[lr.http_base + HTTP_RQ_DIRECT_RESPONSE] += 1
+                # Envoy sends the request's own URL as Location on 201 and 3xx direct responses
                 return self._local_reply(d.status, d.body if d.body else None,
-                                         head.body_kind != BODY_NONE, None, d.response_ops)
+                                         head.body_kind != BODY_NONE,
+                                         [(b"location", d.location)] if d.location else None,
+                                         d.response_ops)
             if action == ACTION_REDIRECT:
                 v[lr.http_base + HTTP_RQ_DIRECT_RESPONSE] += 1
                 return self._local_reply(d.status, None, head.body_kind != BODY_NONE,

@@ -58,6 +58,7 @@ cdef class SharedHostState(HostState):
     cdef uint64_t rng
     cdef object stats_map
     cdef int64_t *stats
+    cdef bint writes_gauges         # the first worker writes the cluster's gauges
     cdef list keys
     cdef int apply(self) except -1
     cdef void on_events(self, fp_hs_host_t *h, int events) noexcept

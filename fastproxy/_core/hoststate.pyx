@@ -446,6 +446,9 @@ cdef class SharedHostState(HostState):
         self.healthy_count = 0
         self.keys = []
         self.stats_map = None
+        # membership_healthy is a gauge of the cluster, and the admin sums every slot: one
+        # worker (the first) writes it; every worker writes its own counters
+        self.writes_gauges = worker_index == 0
         if stats_path is not None and self.cluster.stats_base >= 0:
             sm = _StatsMapping(stats_path, worker_index + 1)
             if (<_StatsMapping>sm).values != NULL:
@@ -580,7 +583,7 @@ cdef class SharedHostState(HostState):
                     lb.set_healthy(i, healthy)  # recomputes loads and panic
                 changed = 1
         self.healthy_count = count
-        if self.stats != NULL:
+        if self.stats != NULL and self.writes_gauges:
             self.stats[CLUSTER_MEMBERSHIP_HEALTHY] = count
         return changed
 
@@ -601,7 +604,7 @@ cdef class SharedHostState(HostState):
                 self.applied[i] = 1  # a new balancer starts with every host healthy
             return self.apply()
         if fp_hs_load64(&self.cluster.generation) == self.generation:
-            if self.stats != NULL:
+            if self.stats != NULL and self.writes_gauges:
                 # the connection layer resets the gauge when the host set changes
                 self.stats[CLUSTER_MEMBERSHIP_HEALTHY] = self.healthy_count
             return 0

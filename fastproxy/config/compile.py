@@ -22,7 +22,7 @@ from .support import unpack_any
 
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _ROUTER = router_pb2.Router.DESCRIPTOR.full_name
-_CODECS = {"AUTO", "HTTP1"}
+_CODECS = {"AUTO", "HTTP1", "HTTP2"}
 _CLUSTER_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
 _LB_POLICIES = lb_config.LB_POLICIES
 _ADMIN_NULL_LOG = "/dev/null"

@@ -61,6 +61,9 @@ HTTP_STATS = [
     ("rq_reset_after_downstream_response_started", COUNTER),
     ("downstream_rq_non_relative_path", COUNTER),
     ("downstream_rq_max_duration_reached", COUNTER),
+    ("downstream_cx_http2_total", COUNTER),
+    ("downstream_cx_http2_active", GAUGE),
+    ("downstream_rq_http2_total", COUNTER),
 ]
 
 # cluster.<name>.*

@@ -98,6 +98,8 @@ def virtual_hosts():
         {"match": {"prefix": "/d/403"}, "direct_response": direct(None, 403)},
         {"match": {"prefix": "/d/418"}, "direct_response": direct("teapot", 418)},
         {"match": {"prefix": "/d/204"}, "direct_response": direct(None, 204)},
+        {"match": {"prefix": "/d/201"}, "direct_response": direct("made", 201)},
+        {"match": {"prefix": "/d/302"}, "direct_response": direct(None, 302)},
         {"match": {"prefix": "/d/empty"}, "direct_response": direct("", 200)},
         {"match": {"prefix": "/d/500"}, "direct_response": direct("oops", 500)},
     ]
@@ -333,7 +335,8 @@ def test_redirect_post_with_body(pair):
 
 # ------------------------------------------------------------------------------ direct responses
 
-@pytest.mark.parametrize("path", ["/d/body", "/d/nobody", "/d/403", "/d/418", "/d/204", "/d/empty", "/d/500"])
+@pytest.mark.parametrize("path", ["/d/body", "/d/nobody", "/d/403", "/d/418", "/d/204", "/d/empty", "/d/500",
+                                  "/d/201?q=1", "/d/302"])
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
 def test_direct_response(pair, path, method):
     headers = [("Content-Length", "2")] if method == "POST" else []

@@ -395,7 +395,7 @@ def test_all_errors_reported():
     lst = d["static_resources"]["listeners"][0]
     lst["listener_filters"] = [{"name": "tls_inspector"}]
     lst["filter_chains"][0]["filter_chain_match"] = {"server_names": ["a"]}
-    hcm(d)["codec_type"] = "HTTP2"
+    hcm(d)["codec_type"] = "HTTP3"
     vh(d)["routes"][0]["route"]["cluster"] = "missing"
     d["static_resources"]["clusters"][0]["lb_policy"] = "CLUSTER_PROVIDED"
     errs = errors_of(d)
@@ -403,7 +403,7 @@ def test_all_errors_reported():
         "layered_runtime: not supported",
         "static_resources.listeners[0].filter_chains[0].filter_chain_match: not supported",
         "static_resources.listeners[0].listener_filters: not supported",
-        HCM_PATH + ".codec_type: HTTP2 not supported",
+        HCM_PATH + ".codec_type: HTTP3 not supported",
         VH_PATH + ".routes[0].route.cluster: route: unknown cluster 'missing'",
         "static_resources.clusters[0].lb_policy: CLUSTER_PROVIDED not supported",
     }
