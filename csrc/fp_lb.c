@@ -21,12 +21,21 @@
  *   - RING_HASH and MAGLEV (Envoy's thread-aware balancers): each level has a table built over
  *     its `use` hosts (healthy, or all in panic) whenever that set changes; a pick takes the
  *     level from hash % 100 + 1 against the cumulative loads, then the table's host. Without a
- *     request hash a random one is drawn. */
+ *     request hash a random one is drawn.
+ *   - slow start (ROUND_ROBIN, LEAST_REQUEST; Envoy's EdfLoadBalancerBase): each healthy host
+ *     younger than the window has its weight scaled by max(min_weight, time_factor ^
+ *     (1 / aggression)), applied when the EDF schedule is built and at every re-add, as Envoy's
+ *     hostWeight() does; while any host is in slow start every level uses EDF. Envoy recomputes
+ *     on host set updates; here picks also refresh the factors (and rebuild the schedules) at
+ *     most every FP_LB_SLOW_START_REFRESH seconds, reading a coarse monotonic clock only while
+ *     some host is in slow start. A rebuild resumes the rotation where it was (the schedule is
+ *     built as if seed + picks-so-far picks had been made) instead of restarting it. */
 #include "fp_lb.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     uint32_t weight;
@@ -66,6 +75,7 @@ typedef struct {
     uint32_t rr_pos;      /* rr_count[source] % num_use, kept without a division per pick */
     uint64_t rr_count[2]; /* round robin index per source; survives rebuilds like Envoy's */
     fp_edf_t edf;
+    uint64_t edf_picks;   /* picks made through `edf` (slow start rebuilds resume from it) */
     fp_ring_t ring;       /* RING_HASH */
     fp_maglev_t maglev;   /* MAGLEV */
 } fp_lb_level_t;
@@ -97,6 +107,16 @@ struct fp_lb {
     uint32_t *scratch;           /* num_hosts weights, for table builds */
     const char **scratch_keys;
     uint32_t *scratch_lens;
+    /* slow start (ss_start is NULL when disabled) */
+    double ss_window;
+    double ss_aggression;
+    double ss_min_weight;
+    double *ss_start;            /* per host: when it joined or became healthy */
+    double *ss_factor;           /* per host: its weight's scale (1.0 outside slow start) */
+    double ss_now;               /* the time of the last refresh */
+    double ss_next;              /* picks refresh at or after this time */
+    int ss_active;               /* some host is in slow start: factors apply, EDF forced */
+    int ss_manual;               /* picks never read the clock */
 };
 
 static inline int is_hashing(int policy) {
@@ -189,6 +209,8 @@ static void edf_renumber(fp_edf_t *edf) {
 static inline double host_weight(const fp_lb_t *lb, uint32_t host) {
     const fp_lb_host_t *h = &lb->hosts[host];
     double weight = (double)h->weight;
+    if (lb->ss_active)
+        weight *= lb->ss_factor[host];
     if (lb->policy == FP_LB_LEAST_REQUEST) {
         /* weight / (active + 1)^bias; bias 0 is plain weighted round robin. */
         if (lb->bias == 1.0)
@@ -288,11 +310,14 @@ static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
     }
     if (lb->policy == FP_LB_RANDOM || n <= 1)
         return;
-    if (weights_equal(lb, level->use, n) &&
+    if (weights_equal(lb, level->use, n) && !lb->ss_active &&
         !(lb->policy == FP_LB_LEAST_REQUEST && lb->bias_forces_weighted))
         return;
     level->weighted = 1;
-    edf_build(lb, &level->edf, level->use, n, (uint32_t)lb->seed);
+    /* Without slow start a rebuild starts the rotation afresh, as Envoy's refresh does; with it
+     * rebuilds are periodic, and restarting each time would favour the first hosts. */
+    const uint64_t picks = lb->ss_start ? lb->seed + level->edf_picks : lb->seed;
+    edf_build(lb, &level->edf, level->use, n, (uint32_t)picks);
 }
 
 /* Recomputes loads and panic flags of every level; rebuilds the sources of `changed` (-1: all)
@@ -374,6 +399,83 @@ static void recompute(fp_lb_t *lb, int32_t changed) {
     }
 }
 
+/* ---- slow start ---- */
+
+double fp_lb_monotonic(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The clock picks read: same origin as CLOCK_MONOTONIC, a few ms coarse and cheaper. */
+static double coarse_monotonic(void) {
+#ifdef CLOCK_MONOTONIC_COARSE
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+#else
+    return fp_lb_monotonic();
+#endif
+}
+
+/* Recomputes every host's factor at `now` (no schedule rebuild); returns ss_active. */
+static int slow_start_update(fp_lb_t *lb, double now) {
+    int any = 0;
+    for (uint32_t i = 0; i < lb->num_hosts; i++) {
+        double factor = 1.0;
+        const double age = now - lb->ss_start[i];
+        if (lb->hosts[i].healthy && age < lb->ss_window) {
+            /* Envoy counts at least 1 ms in the window. */
+            double time_factor = (age > 0.001 ? age : 0.001) / lb->ss_window;
+            if (time_factor > 1.0)
+                time_factor = 1.0;
+            if (lb->ss_aggression != 1.0)
+                time_factor = pow(time_factor, 1.0 / lb->ss_aggression);
+            factor = time_factor > lb->ss_min_weight ? time_factor : lb->ss_min_weight;
+            any = 1;
+        }
+        lb->ss_factor[i] = factor;
+    }
+    lb->ss_active = any;
+    lb->ss_now = now;
+    lb->ss_next = now + FP_LB_SLOW_START_REFRESH;
+    return any;
+}
+
+int fp_lb_slow_start_refresh(fp_lb_t *lb, double now) {
+    if (!lb->ss_start)
+        return 0;
+    const int was = lb->ss_active;
+    const int any = slow_start_update(lb, now);
+    if (any || was)
+        for (uint32_t p = 0; p < lb->num_levels; p++)
+            level_build_source(lb, &lb->levels[p]);
+    return any;
+}
+
+int fp_lb_set_host_start(fp_lb_t *lb, int32_t host, double start) {
+    if ((uint32_t)host >= lb->num_hosts)
+        return -1;
+    if (lb->ss_start)
+        lb->ss_start[host] = start;
+    return 0;
+}
+
+double fp_lb_host_start(const fp_lb_t *lb, int32_t host) {
+    if ((uint32_t)host >= lb->num_hosts || !lb->ss_start)
+        return 0.0;
+    return lb->ss_start[host];
+}
+
+int fp_lb_in_slow_start(const fp_lb_t *lb) { return lb->ss_active; }
+
+double fp_lb_effective_weight(const fp_lb_t *lb, int32_t host) {
+    if ((uint32_t)host >= lb->num_hosts)
+        return 0.0;
+    const double weight = (double)lb->hosts[host].weight;
+    return lb->ss_active ? weight * lb->ss_factor[host] : weight;
+}
+
 /* ---- public API ---- */
 
 void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed) {
@@ -389,6 +491,9 @@ void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed) {
     config->max_ring_size = FP_RING_DEFAULT_MAX_SIZE;
     config->hash_function = FP_RING_HASH_XX;
     config->table_size = FP_MAGLEV_DEFAULT_TABLE_SIZE;
+    config->slow_start_aggression = 1.0;
+    config->slow_start_min_weight = 0.1;
+    config->now = -1.0;
 }
 
 fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
@@ -526,6 +631,25 @@ fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint3
         fp_lb_level_t *level = &lb->levels[priorities[i]];
         level->hosts[level->num_hosts++] = i;
     }
+    if (config->slow_start_window > 0.0 &&
+        (lb->policy == FP_LB_ROUND_ROBIN || lb->policy == FP_LB_LEAST_REQUEST)) {
+        lb->ss_start = calloc(num_hosts ? num_hosts : 1, sizeof(double));
+        lb->ss_factor = calloc(num_hosts ? num_hosts : 1, sizeof(double));
+        if (!lb->ss_start || !lb->ss_factor) {
+            fp_lb_free(lb);
+            *err = FP_LB_ENOMEM;
+            return NULL;
+        }
+        const double now = config->now >= 0.0 ? config->now : fp_lb_monotonic();
+        const double aggression = config->slow_start_aggression;
+        lb->ss_window = config->slow_start_window;
+        lb->ss_aggression = aggression > 0.0 ? aggression : 1.0; /* also NaN, as Envoy does */
+        lb->ss_min_weight = config->slow_start_min_weight;
+        lb->ss_manual = config->manual_clock;
+        for (uint32_t i = 0; i < num_hosts; i++)
+            lb->ss_start[i] = config->host_start ? config->host_start[i] : now;
+        slow_start_update(lb, now);
+    }
     recompute(lb, -1);
     return lb;
 }
@@ -548,6 +672,8 @@ void fp_lb_free(fp_lb_t *lb) {
     free(lb->scratch);
     free(lb->scratch_keys);
     free(lb->scratch_lens);
+    free(lb->ss_start);
+    free(lb->ss_factor);
     free(lb);
 }
 
@@ -586,6 +712,11 @@ int32_t fp_lb_pick(fp_lb_t *lb) {
     fp_lb_level_t *level;
     if (is_hashing(lb->policy))
         return fp_lb_pick_hash(lb, rng_next(lb->rng));
+    if (lb->ss_active && !lb->ss_manual) {
+        const double now = coarse_monotonic();
+        if (now >= lb->ss_next)
+            fp_lb_slow_start_refresh(lb, now);
+    }
     uint64_t r = 0;
     int have_r = 0;
 
@@ -615,8 +746,10 @@ int32_t fp_lb_pick(fp_lb_t *lb) {
             r = rng_next(lb->rng);
         return (int32_t)level->use[bounded(r, n)];
     }
-    if (level->weighted)
+    if (level->weighted) {
+        level->edf_picks++;
         return (int32_t)edf_pick_and_add(lb, &level->edf);
+    }
 
     if (lb->policy == FP_LB_ROUND_ROBIN) {
         const uint32_t host = level->use[level->rr_pos];
@@ -658,6 +791,12 @@ int fp_lb_set_healthy(fp_lb_t *lb, int32_t host, int healthy) {
     if (lb->hosts[host].healthy == flag)
         return 0;
     lb->hosts[host].healthy = flag;
+    if (lb->ss_start) {
+        /* Health decides who is in slow start: refresh the factors, rebuild every level. */
+        slow_start_update(lb, lb->ss_manual ? lb->ss_now : fp_lb_monotonic());
+        recompute(lb, -1);
+        return 0;
+    }
     recompute(lb, (int32_t)lb->hosts[host].priority);
     return 0;
 }

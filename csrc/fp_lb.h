@@ -58,7 +58,22 @@ typedef struct {
     const char *const *host_keys;    /* per host: the key it hashes as (its address as Envoy
                                         prints it, "10.0.0.1:80"); copied by fp_lb_new */
     const uint32_t *host_key_lens;
+    /* ROUND_ROBIN and LEAST_REQUEST slow start (Envoy's SlowStartConfig); window 0 disables it.
+     * Times are CLOCK_MONOTONIC seconds (Python's time.monotonic()). A host that joined (or
+     * became healthy) at `start` and is healthy has, while now - start < window, its weight
+     * scaled by max(min_weight, (max(now - start, 1 ms) / window) ^ (1 / aggression)); while any
+     * host is in slow start its level picks through EDF. */
+    double slow_start_window;        /* seconds */
+    double slow_start_aggression;    /* default 1.0; <= 0 or NaN counts as 1.0, as in Envoy */
+    double slow_start_min_weight;    /* fraction, default 0.1 (min_weight_percent 10) */
+    const double *host_start;        /* per host: when it joined; NULL: all at `now` */
+    double now;                      /* the time of the build; below 0: read the clock */
+    int manual_clock;                /* picks never read the clock: time moves only through
+                                        fp_lb_slow_start_refresh() (tests) */
 } fp_lb_config_t;
+
+/* How often (seconds) picks refresh slow start weights while a host is in slow start. */
+#define FP_LB_SLOW_START_REFRESH 0.1
 
 /* Fills `config` with Envoy's defaults for `policy`. */
 void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed);
@@ -92,6 +107,22 @@ uint32_t fp_lb_active_requests(const fp_lb_t *lb, int32_t host);
 /* Marks a host healthy (1) or not (0) and recomputes the priority loads, panic state and
  * schedules, as Envoy does on a host set update. Returns 0, or -1 for a bad index. */
 int fp_lb_set_healthy(fp_lb_t *lb, int32_t host, int healthy);
+
+/* Slow start: recomputes the scaled weights at `now` and rebuilds the schedules. Picks do it
+ * themselves at most every FP_LB_SLOW_START_REFRESH seconds (unless manual_clock). Returns
+ * whether a host is still in slow start. */
+int fp_lb_slow_start_refresh(fp_lb_t *lb, double now);
+/* Sets when `host` joined / became healthy (its slow start begins there); -1 for a bad index.
+ * Takes effect at the next refresh. */
+int fp_lb_set_host_start(fp_lb_t *lb, int32_t host, double start);
+double fp_lb_host_start(const fp_lb_t *lb, int32_t host);
+/* Whether some host is in slow start (as of the last refresh). */
+int fp_lb_in_slow_start(const fp_lb_t *lb);
+/* The weight host `host` is scheduled with now (its weight times its slow start factor; for
+ * LEAST_REQUEST before the active request bias). */
+double fp_lb_effective_weight(const fp_lb_t *lb, int32_t host);
+/* CLOCK_MONOTONIC in seconds. */
+double fp_lb_monotonic(void);
 
 uint32_t fp_lb_num_hosts(const fp_lb_t *lb);
 uint32_t fp_lb_num_priorities(const fp_lb_t *lb);

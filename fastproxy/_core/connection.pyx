@@ -372,8 +372,10 @@ cdef class ClusterRuntime:
             opts = dict(self.model_lb_options())
             if self.model.type != "STATIC":
                 opts["host_keys"] = list(self.host_authority)  # hash keys as Envoy forms them
+            # the old balancer hands over when each host joined (slow_start_config)
             self.lb = _LoadBalancer(self.model.lb_policy, weights, priorities,
-                                    self.worker.random(), **opts)
+                                    self.worker.random(), previous=self.lb,
+                                    host_ids=self.hosts, **opts)
             if self.state is not None:
                 self.state.poll(self.lb)
         else:

@@ -42,6 +42,12 @@ cdef extern from "fp_lb.h" nogil:
         uint64_t table_size
         const char *const *host_keys
         const uint32_t *host_key_lens
+        double slow_start_window
+        double slow_start_aggression
+        double slow_start_min_weight
+        const double *host_start
+        double now
+        int manual_clock
 
     void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed)
     fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
@@ -55,6 +61,12 @@ cdef extern from "fp_lb.h" nogil:
     void fp_lb_request_finished(fp_lb_t *lb, int32_t host)
     uint32_t fp_lb_active_requests(const fp_lb_t *lb, int32_t host)
     int fp_lb_set_healthy(fp_lb_t *lb, int32_t host, int healthy)
+    int fp_lb_slow_start_refresh(fp_lb_t *lb, double now)
+    int fp_lb_set_host_start(fp_lb_t *lb, int32_t host, double start)
+    double fp_lb_host_start(const fp_lb_t *lb, int32_t host)
+    int fp_lb_in_slow_start(const fp_lb_t *lb)
+    double fp_lb_effective_weight(const fp_lb_t *lb, int32_t host)
+    double fp_lb_monotonic()
     uint32_t fp_lb_num_hosts(const fp_lb_t *lb)
     uint32_t fp_lb_num_priorities(const fp_lb_t *lb)
     uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority)
@@ -79,6 +91,7 @@ cdef class LoadBalancer:
     cdef readonly int num_hosts
     cdef readonly str policy
     cdef readonly bint uses_hash        # RING_HASH / MAGLEV: picks follow the request's hash
+    cdef list host_ids                  # slow start: the hosts' identities (host_ids=), or None
     # Pick a host; returns its index into the cluster's host list, or -1 when none is available.
     cdef int pick(self) noexcept
     # Pick with the request's hash (RING_HASH, MAGLEV); other policies ignore it and pick().

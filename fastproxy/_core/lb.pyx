@@ -53,6 +53,18 @@ cdef class LoadBalancer:
     prints it ("10.0.0.1:80", "[::1]:80"), so that a request hash picks the host Envoy picks.
     Without host_keys, hosts hash as "#<index>": picks are still the same in every worker, but
     not Envoy's. Their tables do not depend on `seed`.
+
+    ROUND_ROBIN and LEAST_REQUEST take Envoy's slow start: `slow_start_window` (seconds; 0
+    disables it), `slow_start_aggression` and `slow_start_min_weight_percent`. A healthy host
+    that joined less than the window ago is scheduled with its weight times
+    max(min_weight_percent / 100, (age / window) ^ (1 / aggression)), and every level picks
+    through EDF while some host is in slow start; picks refresh the weights at most every 100 ms.
+    Times are monotonic seconds (time.monotonic()). When a host joined comes, in order, from
+    `added_at[i]` (None entries skip), from `previous` (the balancer this one replaces: a host
+    whose `host_ids[i]` it also had keeps its start), or is the build time `now` (default: the
+    clock) -- hosts present when the first balancer is built start their window with it, as
+    Envoy's do. `manual_clock` stops picks from reading the clock: time then moves only through
+    refresh_slow_start(now) (tests).
     """
 
     def __cinit__(self, str policy, weights, priorities, uint64_t seed, uint32_t choice_count=2,
@@ -63,7 +75,10 @@ cdef class LoadBalancer:
                   uint64_t max_ring_size=FP_RING_DEFAULT_MAX_SIZE,
                   hash_function="XX_HASH",
                   uint64_t table_size=FP_MAGLEV_DEFAULT_TABLE_SIZE,
-                  host_keys=None):
+                  host_keys=None,
+                  double slow_start_window=0.0, double slow_start_aggression=1.0,
+                  double slow_start_min_weight_percent=10.0, added_at=None, host_ids=None,
+                  LoadBalancer previous=None, now=None, bint manual_clock=False):
         cdef fp_lb_config_t config
         cdef uint32_t *w = NULL
         cdef uint32_t *p = NULL
@@ -72,7 +87,11 @@ cdef class LoadBalancer:
         cdef const char **key_ptrs = NULL
         cdef uint32_t *key_lens = NULL
         cdef list keys = None
+        cdef double *starts = NULL
+        cdef double t_now
+        cdef dict known
         self.lb = NULL
+        self.host_ids = None
         if policy not in _POLICIES:
             raise ValueError(f"unknown load balancing policy {policy!r}")
         if len(priorities) != n:
@@ -117,6 +136,41 @@ cdef class LoadBalancer:
                 key_lens[i] = <uint32_t>len(<bytes>keys[i])
             config.host_keys = key_ptrs
             config.host_key_lens = key_lens
+        if not slow_start_window >= 0.0:
+            raise ValueError("slow_start_window must be a non-negative number of seconds")
+        if not 0.0 <= slow_start_min_weight_percent <= 100.0:
+            raise ValueError("slow_start_min_weight_percent must be within 0..100")
+        if slow_start_window > 0.0 and policy in ("ROUND_ROBIN", "LEAST_REQUEST"):
+            if added_at is not None and len(added_at) != n:
+                raise ValueError("added_at and weights must have the same length")
+            if host_ids is not None and len(host_ids) != n:
+                raise ValueError("host_ids and weights must have the same length")
+            t_now = fp_lb_monotonic() if now is None else <double>now
+            known = {}
+            if (previous is not None and previous.lb != NULL and previous.host_ids is not None
+                    and host_ids is not None):
+                for i in range(previous.num_hosts):
+                    known[previous.host_ids[i]] = fp_lb_host_start(previous.lb, <int32_t>i)
+            starts = <double *>malloc((n + 1) * sizeof(double))
+            if starts == NULL:
+                free(key_ptrs)
+                free(key_lens)
+                raise MemoryError()
+            for i in range(n):
+                if added_at is not None and added_at[i] is not None:
+                    starts[i] = added_at[i]
+                elif host_ids is not None:
+                    starts[i] = known.get(host_ids[i], t_now)
+                else:
+                    starts[i] = t_now
+            config.slow_start_window = slow_start_window
+            config.slow_start_aggression = slow_start_aggression
+            config.slow_start_min_weight = slow_start_min_weight_percent / 100.0
+            config.host_start = starts
+            config.now = t_now
+            config.manual_clock = manual_clock
+            if host_ids is not None:
+                self.host_ids = list(host_ids)
         w = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         p = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         try:
@@ -131,6 +185,7 @@ cdef class LoadBalancer:
             free(p)
             free(key_ptrs)
             free(key_lens)
+            free(starts)
         if self.lb == NULL:
             if err == FP_LB_ENOMEM:
                 raise MemoryError()
@@ -188,10 +243,42 @@ cdef class LoadBalancer:
         _check(self, i)
         return fp_lb_active_requests(self.lb, i)
 
-    def set_healthy(self, int i, bint healthy):
-        """Mark host i healthy or not; recomputes priority loads and panic as Envoy does."""
+    def set_healthy(self, int i, bint healthy, since=None):
+        """Mark host i healthy or not; recomputes priority loads and panic as Envoy does.
+        `since` (monotonic seconds, with healthy=True): when it became healthy, which starts its
+        slow start (Envoy: the health check pass that made it healthy)."""
         _check(self, i)
+        if healthy and since is not None:
+            fp_lb_set_host_start(self.lb, i, <double>since)
         fp_lb_set_healthy(self.lb, i, healthy)
+
+    # ---- slow start ----
+
+    def refresh_slow_start(self, now=None):
+        """Recompute the slow start weights at `now` (default: the clock) and rebuild the
+        schedules; returns whether a host is still in slow start."""
+        return bool(fp_lb_slow_start_refresh(self.lb, fp_lb_monotonic() if now is None
+                                             else <double>now))
+
+    def set_host_start(self, int i, double start):
+        """Set when host i joined / became healthy (applies at the next refresh)."""
+        _check(self, i)
+        fp_lb_set_host_start(self.lb, i, start)
+
+    def host_start(self, int i):
+        """When host i's slow start began (0.0 without slow start)."""
+        _check(self, i)
+        return fp_lb_host_start(self.lb, i)
+
+    @property
+    def in_slow_start(self):
+        """Whether some host is in slow start (as of the last refresh)."""
+        return bool(fp_lb_in_slow_start(self.lb))
+
+    def effective_weight(self, int i):
+        """Host i's weight as scheduled now: its weight times its slow start factor."""
+        _check(self, i)
+        return fp_lb_effective_weight(self.lb, i)
 
     @property
     def num_priorities(self):

@@ -45,6 +45,10 @@ cdef class LocalRateLimit:
     cdef bint x_ratelimit_headers
     cdef bytes limit_value
     cdef int64_t local[16]          # bucket and counters when no shared block is available
+    # descriptors: entries (tuple of (key bytes, value bytes)) -> DescriptorBucket; None = none
+    cdef dict descriptors
+    cdef list descriptor_list       # the DescriptorBuckets in config order
+    cdef bint always_consume_default
 
     cdef list x_headers(self)
 
@@ -59,5 +63,13 @@ cdef class LocalRateLimitFilters(RequestFilters):
     cdef void *mapping
     cdef size_t mapping_size
 
+    cdef dict policy_by_entry       # RouteEntry -> the rate_limits that apply (tuple, may be empty)
+    cdef dict vhost_policies        # virtual host name -> its compiled rate_limits
+    cdef list request_descriptors   # scratch: this request's descriptors
+    cdef bint trust_xff             # use_remote_address false: the client is in x-forwarded-for
+    cdef int xff_hops               # xff_num_trusted_hops
+    cdef bytes _client_address(self, RequestHead *head, RouteDecision d)
+
     cdef LocalRateLimit lookup(self, RouteDecision d)
+    cdef bint consume(self, LocalRateLimit lim, RequestHead *head, RouteDecision d) except -1
     cdef bint sample(self, uint64_t num, uint64_t den) noexcept

@@ -1,11 +1,12 @@
 """Load balancer settings of a cluster and the hash policies of a route, compiled.
 
 `lb_options(cl, cluster, path, errors)` turns a Cluster's lb_policy companions
-(ring_hash_lb_config, maglev_lb_config, least_request_lb_config, round_robin_lb_config,
-common_lb_config.healthy_panic_threshold, load_assignment.policy.overprovisioning_factor) into the
-keyword arguments of the core's `LoadBalancer`; `hash_policies(ra, path, errors)` turns a
-RouteAction's hash_policy list into `model.HashPolicy` items. Values are checked as Envoy checks
-them when it builds the cluster; fields not listed in `support.SUPPORTED` never get here.
+(ring_hash_lb_config, maglev_lb_config, least_request_lb_config, round_robin_lb_config and their
+slow_start_config, common_lb_config.healthy_panic_threshold,
+load_assignment.policy.overprovisioning_factor) into the keyword arguments of the core's
+`LoadBalancer`; `hash_policies(ra, path, errors)` turns a RouteAction's hash_policy list into
+`model.HashPolicy` items. Values are checked as Envoy checks them when it builds the cluster;
+fields not listed in `support.SUPPORTED` never get here.
 """
 from __future__ import annotations
 
@@ -95,10 +96,36 @@ def lb_options(cl, cluster: model.Cluster, path: str, errors: Errors) -> dict:
                            "must be a non-negative number")
             opts["active_request_bias"] = bias
             opts["bias_forces_weighted"] = True
+    if policy in ("ROUND_ROBIN", "LEAST_REQUEST") and cfg is not None \
+            and cfg.HasField("slow_start_config"):
+        opts.update(slow_start(cfg.slow_start_config, join(join(path, member), "slow_start_config"),
+                               errors))
     if policy in HASHING_POLICIES and cluster.type == "STATIC":
         # The hosts of a STATIC cluster are its endpoints, in order; DNS clusters hash their
         # resolved addresses, which the connection layer passes when it builds the balancer.
         opts["host_keys"] = [host_key(e.address) for e in cluster.endpoints]
+    return opts
+
+
+def slow_start(ss, path: str, errors: Errors) -> dict:
+    """SlowStartConfig -> LoadBalancer slow start arguments ({} when the window is 0: Envoy then
+    has no slow start)."""
+    window = ss.slow_start_window
+    if window.seconds < 0 or window.nanos < 0:
+        errors.add(join(path, "slow_start_window"), "must be a non-negative duration")
+        return {}
+    # Envoy keeps whole milliseconds of the window.
+    window_ms = window.seconds * 1000 + window.nanos // 1_000_000
+    if window_ms == 0:
+        return {}
+    opts: dict = {"slow_start_window": window_ms / 1000.0}
+    if ss.HasField("aggression"):
+        # No runtime layer: the default value is the value. Envoy takes a value <= 0 (or NaN)
+        # as 1.0 when it applies it, and so does the balancer.
+        opts["slow_start_aggression"] = ss.aggression.default_value
+    if ss.HasField("min_weight_percent"):
+        # Envoy's Percent is within 0..100 (checked with the message's other constraints).
+        opts["slow_start_min_weight_percent"] = min(max(ss.min_weight_percent.value, 0.0), 100.0)
     return opts
 
 

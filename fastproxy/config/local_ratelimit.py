@@ -26,6 +26,30 @@ _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 
 @dataclass
+class Descriptor:
+    """One LocalRateLimitDescriptor: the (key, value) entries a request descriptor must equal
+    exactly (same entries, same order) and its own token bucket."""
+    entries: tuple[tuple[str, str], ...]
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval_ms: int
+    bucket: int = -1  # index of its token bucket in the shared block
+
+    @property
+    def fill_rate(self) -> float:
+        return self.tokens_per_fill * 1000.0 / self.fill_interval_ms if self.fill_interval_ms else 0.0
+
+
+@dataclass
+class RateLimitAction:
+    """One route.v3.RateLimit.Action: kind is generic_key | request_headers | remote_address."""
+    kind: str
+    key: str
+    value: str = ""  # generic_key: the descriptor value; request_headers: lower-case header name
+    skip_if_absent: bool = False
+
+
+@dataclass
 class LocalRateLimit:
     stat_prefix: str
     has_token_bucket: bool = False
@@ -39,6 +63,9 @@ class LocalRateLimit:
     status: int = 429
     response_headers_to_add: list[model.HeaderValueOption] = field(default_factory=list)
     x_ratelimit_headers: bool = False  # enable_x_ratelimit_headers: DRAFT_VERSION_03
+    # descriptors: the buckets of the request descriptors that the route's rate_limits produce
+    descriptors: list[Descriptor] = field(default_factory=list)
+    always_consume_default: bool = True  # always_consume_default_token_bucket
     bucket: int = -1  # index of its token bucket in the shared block
     counters: int = -1  # index of its stat_prefix's counter set in the shared block
 
@@ -80,11 +107,67 @@ def local_ratelimit(cfg, path: str, errors: Errors, per_route: bool) -> Optional
         out.response_headers_to_add.append(
             header_value_option(hvo, f"{join(path, 'response_headers_to_add')}[{i}]", errors))
     out.x_ratelimit_headers = enum_name(cfg, "enable_x_ratelimit_headers") == "DRAFT_VERSION_03"
+    for i, d in enumerate(cfg.descriptors):
+        desc = descriptor(d, f"{join(path, 'descriptors')}[{i}]", errors)
+        if desc is None:
+            continue
+        if any(o.entries == desc.entries for o in out.descriptors):
+            errors.add(f"{join(path, 'descriptors')}[{i}]", "duplicate descriptor in the local "
+                       "rate descriptor: " + ", ".join(f"{k}={v}" for k, v in desc.entries))
+        out.descriptors.append(desc)
+    if cfg.descriptors and out.x_ratelimit_headers:
+        errors.add(join(path, "enable_x_ratelimit_headers"),
+                   "not supported together with descriptors")
+    if cfg.HasField("always_consume_default_token_bucket"):
+        out.always_consume_default = cfg.always_consume_default_token_bucket.value
     if cfg.local_rate_limit_per_downstream_connection:
         errors.add(join(path, "local_rate_limit_per_downstream_connection"),
                    "only false (buckets shared by all connections) is supported")
     if cfg.rate_limited_as_resource_exhausted:
         errors.add(join(path, "rate_limited_as_resource_exhausted"), "not supported")
+    return out
+
+
+def descriptor(d, path: str, errors: Errors) -> Optional[Descriptor]:
+    entries = []
+    for j, e in enumerate(d.entries):
+        if not e.value:
+            errors.add(f"{join(path, 'entries')}[{j}].value",
+                       "an empty value (any value of the key) is not supported")
+            return None
+        entries.append((e.key, e.value))
+    tb = d.token_bucket
+    out = Descriptor(tuple(entries), tb.max_tokens, wrapped(tb, "tokens_per_fill", 1),
+                     duration_ms(tb.fill_interval))
+    if 0 < out.fill_interval_ms < 50:
+        errors.add(join(join(path, "token_bucket"), "fill_interval"),
+                   "local rate limit token bucket fill timer must be >= 50ms")
+    return out
+
+
+def rate_limits(msg, path: str, errors: Errors) -> list[list[RateLimitAction]]:
+    """A RouteAction's or VirtualHost's rate_limits: per entry, its actions (stage 0 only)."""
+    out = []
+    for i, rl in enumerate(msg.rate_limits):
+        rpath = f"{join(path, 'rate_limits')}[{i}]"
+        actions = []
+        for j, a in enumerate(rl.actions):
+            kind = a.WhichOneof("action_specifier")
+            if kind == "generic_key":
+                actions.append(RateLimitAction("generic_key",
+                                               a.generic_key.descriptor_key or "generic_key",
+                                               a.generic_key.descriptor_value))
+            elif kind == "request_headers":
+                rh = a.request_headers
+                actions.append(RateLimitAction("request_headers", rh.descriptor_key,
+                                               rh.header_name.lower(), rh.skip_if_absent))
+            elif kind == "remote_address":
+                actions.append(RateLimitAction("remote_address", "remote_address"))
+            else:  # the others are refused by the support walk
+                actions = None
+                break
+        if actions is not None:
+            out.append(actions)
     return out
 
 
@@ -125,11 +208,18 @@ def _configs(bootstrap):
 
 
 def assign_slots(bootstrap) -> None:
-    """Number every config's bucket and every distinct stat_prefix's counters, in bootstrap order."""
+    """Number every config's bucket and every distinct stat_prefix's counters, in bootstrap order;
+    the descriptors' buckets follow the configs' ones."""
     prefixes: dict[str, int] = {}
-    for n, cfg in enumerate(_configs(bootstrap)):
+    configs = list(_configs(bootstrap))
+    for n, cfg in enumerate(configs):
         cfg.bucket = n
         cfg.counters = prefixes.setdefault(cfg.stat_prefix, len(prefixes))
+    n = len(configs)
+    for cfg in configs:
+        for d in cfg.descriptors:
+            d.bucket = n
+            n += 1
 
 
 def stat_prefixes(bootstrap) -> list[str]:
@@ -141,4 +231,4 @@ def stat_prefixes(bootstrap) -> list[str]:
 
 
 def num_buckets(bootstrap) -> int:
-    return sum(1 for _ in _configs(bootstrap))
+    return sum(1 + len(cfg.descriptors) for cfg in _configs(bootstrap))

@@ -147,6 +147,8 @@ class RouteAction:
     idle_timeout_ms: Optional[int] = None  # route idle_timeout: overrides stream_idle_timeout
     max_stream_duration_ms: Optional[int] = None  # max_stream_duration.max_stream_duration
     hash_policy: list[HashPolicy] = field(default_factory=list)  # for RING_HASH / MAGLEV
+    # rate_limits: per entry, its actions (config.local_ratelimit.RateLimitAction)
+    rate_limits: list = field(default_factory=list)
 
 
 @dataclass
@@ -186,6 +188,7 @@ class VirtualHost:
     routes: list[Route] = field(default_factory=list)
     headers: HeaderMutations = field(default_factory=HeaderMutations)
     per_filter_config: dict = field(default_factory=dict)  # as Route.per_filter_config
+    rate_limits: list = field(default_factory=list)  # as RouteAction.rate_limits
 
 
 @dataclass

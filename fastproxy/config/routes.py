@@ -12,7 +12,7 @@ from .common import duration_ms, wrapped
 from .errors import Errors, join
 from .headers import header_matcher, mutations, query_matcher
 from .lb_config import hash_policies
-from .local_ratelimit import per_filter_config
+from .local_ratelimit import per_filter_config, rate_limits
 from .retry import apply_virtual_host_policies, retry_policy
 
 # route.v3.RedirectAction.RedirectResponseCode -> HTTP status
@@ -48,7 +48,8 @@ def virtual_host(vh, path: str, errors: Errors, refs: ClusterRefs) -> model.Virt
     apply_virtual_host_policies(vh, routes, path, errors)
     return model.VirtualHost(vh.name, [d.lower() for d in vh.domains], routes,
                              mutations(vh, path, errors),
-                             per_filter_config=per_filter_config(vh, path, errors))
+                             per_filter_config=per_filter_config(vh, path, errors),
+                             rate_limits=rate_limits(vh, path, errors))
 
 
 def route(r, path: str, errors: Errors, refs: ClusterRefs) -> model.Route:
@@ -93,7 +94,7 @@ def _regex_rewrite(msg, path: str) -> Optional[model.RegexRewrite]:
 
 
 def route_action(ra, path: str, errors: Errors, refs: ClusterRefs) -> model.RouteAction:
-    out = model.RouteAction()
+    out = model.RouteAction(rate_limits=rate_limits(ra, path, errors))
     spec = ra.WhichOneof("cluster_specifier")
     if spec == "cluster":
         out.cluster = ra.cluster

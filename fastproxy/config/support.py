@@ -58,8 +58,15 @@ SUPPORTED: dict[str, set[str]] = {
         "stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
         "response_headers_to_add", "enable_x_ratelimit_headers",
         "always_consume_default_token_bucket", "local_rate_limit_per_downstream_connection",
-        "rate_limited_as_resource_exhausted",
+        "rate_limited_as_resource_exhausted", "descriptors",
     },
+    "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor": {"entries", "token_bucket"},
+    "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry": {"key", "value"},
+    _R + "RateLimit": {"actions"},
+    _R + "RateLimit.Action": {"generic_key", "request_headers", "remote_address"},
+    _R + "RateLimit.Action.GenericKey": {"descriptor_value", "descriptor_key"},
+    _R + "RateLimit.Action.RequestHeaders": {"header_name", "descriptor_key", "skip_if_absent"},
+    _R + "RateLimit.Action.RemoteAddress": set(),
     "envoy.type.v3.TokenBucket": {"max_tokens", "tokens_per_fill", "fill_interval"},
     "envoy.type.v3.HttpStatus": {"code"},
     "envoy.type.v3.FractionalPercent": {"numerator", "denominator"},
@@ -69,7 +76,7 @@ SUPPORTED: dict[str, set[str]] = {
     # Routing
     _R + "RouteConfiguration": {"name", "virtual_hosts"} | _HEADERS,
     _R + "VirtualHost": {"name", "domains", "routes", "retry_policy", "hedge_policy",
-                         "typed_per_filter_config"} | _HEADERS,
+                         "typed_per_filter_config", "rate_limits"} | _HEADERS,
     _R + "Route": {"name", "match", "route", "redirect", "direct_response",
                    "typed_per_filter_config"} | _HEADERS,
     _R + "RouteMatch": {
@@ -90,7 +97,7 @@ SUPPORTED: dict[str, set[str]] = {
         "cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
         "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy", "idle_timeout",
         "max_stream_duration",
-        "hash_policy",
+        "hash_policy", "rate_limits",
     },
     _R + "RouteAction.HashPolicy": {
         "header", "cookie", "connection_properties", "query_parameter", "terminal",
@@ -132,8 +139,13 @@ SUPPORTED: dict[str, set[str]] = {
         "minimum_ring_size", "maximum_ring_size", "hash_function",
     },
     "envoy.config.cluster.v3.Cluster.MaglevLbConfig": {"table_size"},
-    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {"choice_count", "active_request_bias"},
-    "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig": set(),  # slow_start_config refused
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {
+        "choice_count", "active_request_bias", "slow_start_config",
+    },
+    "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig": {"slow_start_config"},
+    "envoy.config.cluster.v3.Cluster.SlowStartConfig": {
+        "slow_start_window", "aggression", "min_weight_percent",
+    },
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": {"healthy_panic_threshold"},
     "envoy.type.v3.Percent": {"value"},
     _CORE + "RuntimeDouble": {"default_value", "runtime_key"},

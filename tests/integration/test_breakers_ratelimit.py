@@ -182,3 +182,68 @@ def test_the_bucket_is_shared_by_all_workers(origin):
         st = fp.stats()
         assert st["rl.http_local_rate_limit.ok"] == 6
         assert st["rl.http_local_rate_limit.rate_limited"] == 18
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def get_h(port, path="/", headers=()):
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    data = raw_request(port, f"GET {path} HTTP/1.1\r\nHost: a\r\n{extra}\r\n".encode())
+    return parse_response(data)[0]
+
+
+def descriptor(entries, max_tokens):
+    return {"entries": [{"key": k, "value": v} for k, v in entries],
+            "token_bucket": {"max_tokens": max_tokens, "fill_interval": "60s"}}
+
+
+def descriptor_config(origin, always_consume_default=None):
+    user = {"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}}]}
+    routes = [
+        {"match": {"prefix": "/api"}, "route": {"cluster": "c", "rate_limits": [user]}},
+        {"match": {"prefix": "/gk"}, "route": {"cluster": "c", "rate_limits": [
+            {"actions": [{"generic_key": {"descriptor_value": "gk"}}]}]}},
+        {"match": {"prefix": "/ip"}, "route": {"cluster": "c", "rate_limits": [
+            {"actions": [{"remote_address": {}}]}]}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "c"}},
+    ]
+    vhosts = [{"name": "all", "domains": ["*"], "routes": routes, "rate_limits": [
+        {"actions": [{"generic_key": {"descriptor_value": "vh"}}]}]}]
+    filter_cfg = {"token_bucket": {"max_tokens": 100, "fill_interval": "60s"}, "descriptors": [
+        descriptor([("user", "a")], 2),
+        descriptor([("generic_key", "gk")], 1),
+        descriptor([("generic_key", "vh")], 3),
+        descriptor([("remote_address", "127.0.0.1")], 1)]}
+    if always_consume_default is not None:
+        filter_cfg["always_consume_default_token_bucket"] = always_consume_default
+    return rl_config(origin, filter_cfg, vhosts)
+
+
+def test_descriptor_buckets_limit_only_matching_requests(origin):
+    with start(descriptor_config(origin), concurrency=2) as fp:
+        a = [get_h(fp.port, "/api", [("x-user", "a")]) for _ in range(3)]
+        b = [get_h(fp.port, "/api", [("x-user", "b")]) for _ in range(4)]
+        assert (a, b) == ([200, 200, 429], [200] * 4)
+        assert [get_h(fp.port, "/api") for _ in range(2)] == [200, 200]  # no descriptor
+        assert [get_h(fp.port, "/gk") for _ in range(2)] == [200, 429]
+        assert [get_h(fp.port, "/ip") for _ in range(2)] == [200, 429]
+        # the route has no rate_limits: the virtual host's apply
+        assert [get_h(fp.port, "/other") for _ in range(4)] == [200, 200, 200, 429]
+        st = fp.stats()
+        assert st["rl.http_local_rate_limit.rate_limited"] == 4
+
+
+def test_default_bucket_is_consumed_too_unless_told_not_to(origin):
+    cfg = descriptor_config(origin)
+    cfg_filter = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    rl = cfg_filter["typed_config"]["http_filters"][0]["typed_config"]
+    rl["token_bucket"]["max_tokens"] = 2
+    with start(cfg) as fp:
+        # both x-user: a requests take the default bucket's two tokens
+        assert [get_h(fp.port, "/api", [("x-user", "a")]) for _ in range(2)] == [200, 200]
+        assert get_h(fp.port, "/api", [("x-user", "b")]) == 429
+    rl["always_consume_default_token_bucket"] = False
+    with start(cfg) as fp:
+        assert [get_h(fp.port, "/api", [("x-user", "a")]) for _ in range(3)] == [200, 200, 429]
+        assert [get_h(fp.port, "/api", [("x-user", "b")]) for _ in range(3)] == [200, 200, 429]

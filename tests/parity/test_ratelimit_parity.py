@@ -98,3 +98,96 @@ def test_overflow_answer(pair):
     assert e.status == f.status == 503
     assert e.responses[0].body == f.responses[0].body
     assert f.view(received=False) == e.view(received=False), describe(e, f)
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def _desc(entries, max_tokens, fill_interval="60s", tokens_per_fill=None):
+    bucket = {"max_tokens": max_tokens, "fill_interval": fill_interval}
+    if tokens_per_fill:
+        bucket["tokens_per_fill"] = tokens_per_fill
+    return {"entries": [{"key": k, "value": v} for k, v in entries], "token_bucket": bucket}
+
+
+def _header_action(name, key, skip=False):
+    return {"request_headers": {"header_name": name, "descriptor_key": key, "skip_if_absent": skip}}
+
+
+def descriptor_config(listen, admin, side):
+    user = {"actions": [_header_action("x-user", "user")]}
+    routes = [
+        {"match": {"prefix": "/user"}, "route": {"cluster": "main", "rate_limits": [user]}},
+        {"match": {"prefix": "/both"}, "route": {"cluster": "main", "rate_limits": [
+            user, {"actions": [{"generic_key": {"descriptor_value": "slow"}}]}]}},
+        {"match": {"prefix": "/skip"}, "route": {"cluster": "main", "rate_limits": [
+            {"actions": [{"generic_key": {"descriptor_key": "route", "descriptor_value": "skip"}},
+                         _header_action("x-opt", "opt", skip=True)]}]}},
+        {"match": {"prefix": "/ip"}, "route": {"cluster": "main", "rate_limits": [
+            {"actions": [{"remote_address": {}}]}]}},
+        {"match": {"prefix": "/override"}, "route": {"cluster": "main", "rate_limits": [user]},
+         "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": {
+             "@type": LRL, "stat_prefix": "override", "filter_enabled": ON, "filter_enforced": ON,
+             "token_bucket": {"max_tokens": 1, "fill_interval": "60s"},
+             "always_consume_default_token_bucket": False,
+             "descriptors": [_desc([("user", "a")], 2)]}}},
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "main"}},
+    ]
+    rl = {"name": "envoy.filters.http.local_ratelimit",
+          "typed_config": {"@type": LRL, "stat_prefix": "desc", "filter_enabled": ON,
+                           "filter_enforced": ON,
+                           "token_bucket": {"max_tokens": 100, "fill_interval": "60s"},
+                           "descriptors": [
+                               _desc([("user", "a")], 2),
+                               _desc([("user", "c")], 2, "30s"),
+                               _desc([("generic_key", "slow")], 1),
+                               _desc([("route", "skip")], 1),
+                               _desc([("route", "skip"), ("opt", "x")], 1),
+                               _desc([("remote_address", "127.0.0.1")], 1),
+                               _desc([("generic_key", "vh")], 2)]}}
+    vhosts = [{"name": "all", "domains": ["*"], "routes": routes, "rate_limits": [
+        {"actions": [{"generic_key": {"descriptor_value": "vh"}}]}]}]
+    return make_bootstrap(listen, admin, {"main": [side.origins["o1"].address]}, vhosts,
+                          http_filters=[rl])
+
+
+@pytest.fixture(scope="module")
+def descriptor_pair():
+    with ParityPair(descriptor_config, origin_names=("o1",)) as p:
+        yield p
+
+
+def test_descriptor_statuses(descriptor_pair):
+    sequence = (
+        [("/user/1", [("x-user", "a")])] * 3 + [("/user/2", [("x-user", "b")])] * 2
+        # the slower-filling "slow" bucket is consumed first: when it is empty, c keeps its token
+        + [("/both", [("x-user", "c")])] * 2 + [("/user/3", [("x-user", "c")])]
+        + [("/skip", [])] * 2 + [("/skip", [("x-opt", "x")])] * 2 + [("/skip", [("x-opt", "y")])]
+        + [("/ip", [])] * 2
+        + [("/other", [])] * 3  # no route rate_limits: the virtual host's
+        + [("/direct", [])] * 3  # no route action: no descriptor
+        + [("/override", [("x-user", "a")])] * 3 + [("/override", [("x-user", "b")])] * 2
+    )
+    statuses = []
+    for path, headers in sequence:
+        e, f = descriptor_pair.exchange(req("GET", path, headers=headers))
+        assert e.status == f.status, (path, headers, describe(e, f))
+        statuses.append(e.status)
+    assert statuses == ([200, 200, 429] + [200, 200] + [200, 429, 200] + [200, 429, 200, 429, 200]
+                        + [200, 429] + [200, 200, 429] + [200] * 3 + [200, 200, 429, 200, 429])
+    for name in ("enabled", "ok", "rate_limited", "enforced"):
+        for prefix in ("desc", "override"):
+            stat = f"{prefix}.http_local_rate_limit.{name}"
+            assert descriptor_pair.fastproxy.stats()[stat] == descriptor_pair.envoy.stats()[stat]
+
+
+def test_remote_address_descriptor_follows_x_forwarded_for(descriptor_pair):
+    """With use_remote_address false (the default), the client is the last x-forwarded-for
+    entry: a request 'from' 10.9.9.9 does not match the 127.0.0.1 descriptor."""
+    statuses = []
+    for _ in range(3):
+        e, f = descriptor_pair.exchange(req("GET", "/ip", headers=[("x-forwarded-for", "10.9.9.9")]))
+        assert e.status == f.status, describe(e, f)
+        statuses.append(e.status)
+    assert 200 in statuses

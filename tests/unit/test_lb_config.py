@@ -84,6 +84,30 @@ def test_overprovisioning_factor():
 
 def test_round_robin_config_without_slow_start():
     assert compiled_cluster(round_robin_lb_config={}).lb_options == {}
+    # A zero window is no slow start, as in Envoy.
+    assert compiled_cluster(round_robin_lb_config={
+        "slow_start_config": {"slow_start_window": "0s"}}).lb_options == {}
+
+
+def test_slow_start_config():
+    c = compiled_cluster(round_robin_lb_config={"slow_start_config": {
+        "slow_start_window": "5.5s", "aggression": {"default_value": 2.0, "runtime_key": "a"},
+        "min_weight_percent": {"value": 25}}})
+    assert c.lb_options == {"slow_start_window": 5.5, "slow_start_aggression": 2.0,
+                            "slow_start_min_weight_percent": 25.0}
+    c = compiled_cluster(lb_policy="LEAST_REQUEST", least_request_lb_config={
+        "choice_count": 3, "slow_start_config": {"slow_start_window": "30s"}})
+    assert c.lb_options == {"choice_count": 3, "slow_start_window": 30.0}
+    from fastproxy._core.lb import LoadBalancer
+    lb = LoadBalancer(c.lb_policy, [e.weight for e in c.endpoints],
+                      [e.priority for e in c.endpoints], 1, **c.lb_options)
+    assert lb.in_slow_start
+
+
+def test_slow_start_config_of_another_policy_is_ignored():
+    c = compiled_cluster(lb_policy="RANDOM", round_robin_lb_config={
+        "slow_start_config": {"slow_start_window": "5s"}})
+    assert c.lb_options == {}
 
 
 @pytest.mark.parametrize("extra,error", [
@@ -92,11 +116,10 @@ def test_round_robin_config_without_slow_start():
     ({"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 100,
                                                         "maximum_ring_size": 10}},
      CL + ".ring_hash_lb_config: ring hash: minimum_ring_size (100) > maximum_ring_size (10)"),
-    ({"round_robin_lb_config": {"slow_start_config": {"slow_start_window": "5s"}}},
-     CL + ".round_robin_lb_config.slow_start_config: not supported"),
-    ({"lb_policy": "LEAST_REQUEST",
-      "least_request_lb_config": {"slow_start_config": {"slow_start_window": "5s"}}},
-     CL + ".least_request_lb_config.slow_start_config: not supported"),
+    ({"round_robin_lb_config": {"slow_start_config": {"slow_start_window": "5s",
+                                                      "min_weight_percent": {"value": 120}}}},
+     CL + ".round_robin_lb_config.slow_start_config.min_weight_percent.value: value must be "
+     "inside range [0.0, 100.0]"),
     ({"lb_policy": "RING_HASH",
       "common_lb_config": {"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}},
      CL + ".common_lb_config.consistent_hashing_lb_config: not supported"),

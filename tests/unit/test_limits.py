@@ -107,9 +107,17 @@ def test_local_ratelimit_filter_and_per_route_configs():
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"descriptors": [{"entries": [{"key": "a", "value": "b"}],
+    ({"descriptors": [{"entries": [{"key": "a", "value": ""}],
                        "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]},
-     ".descriptors: not supported"),
+     "an empty value (any value of the key) is not supported"),
+    ({"descriptors": [{"entries": [{"key": "a", "value": "b"}],
+                       "token_bucket": {"max_tokens": n, "fill_interval": "1s"}} for n in (1, 2)]},
+     "duplicate descriptor in the local rate descriptor: a=b"),
+    ({"enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+      "token_bucket": {"max_tokens": 1, "fill_interval": "1s"},
+      "descriptors": [{"entries": [{"key": "a", "value": "b"}],
+                       "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]},
+     "not supported together with descriptors"),
     ({"token_bucket": {"max_tokens": 1, "fill_interval": "0.01s"}},
      "fill timer must be >= 50ms"),
     ({"local_rate_limit_per_downstream_connection": True},
@@ -298,3 +306,28 @@ def test_buckets_are_shared_through_the_block(tmp_path):
 
 def test_no_filter_no_request_filters():
     assert make_request_filters(load_dict(bootstrap()).listeners[0].hcm, "", 0) is None
+
+
+def test_descriptors_and_rate_limits_compile_and_limit():
+    desc = [{"entries": [{"key": "user", "value": v}],
+             "token_bucket": {"max_tokens": n, "fill_interval": "60s"}} for v, n in (("a", 1), ("b", 2))]
+    vhosts = [{"name": "v", "domains": ["*"],
+               "rate_limits": [{"actions": [{"generic_key": {"descriptor_value": "vh"}}]}],
+               "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "rate_limits": [
+                   {"actions": [{"request_headers": {"header_name": "X-User",
+                                                     "descriptor_key": "user"}}]}]}}]}]
+    b = load_dict(bootstrap([rl_filter(filter_enabled=ON, filter_enforced=ON, descriptors=desc,
+                                       always_consume_default_token_bucket=False,
+                                       token_bucket={"max_tokens": 1, "fill_interval": "60s"})],
+                            vhosts))
+    hcm = b.listeners[0].hcm
+    cfg = hcm.local_ratelimit
+    assert [(d.entries, d.max_tokens, d.bucket) for d in cfg.descriptors] == [
+        ((("user", "a"),), 1, 1), ((("user", "b"),), 2, 2)]
+    assert cfg.always_consume_default is False
+    from fastproxy.config.local_ratelimit import num_buckets
+    assert num_buckets(b) == 3
+    vh = hcm.route_config.virtual_hosts[0]
+    assert [a.kind for a in vh.rate_limits[0]] == ["generic_key"]
+    action = vh.routes[0].route.rate_limits[0][0]
+    assert (action.kind, action.key, action.value) == ("request_headers", "user", "x-user")
