@@ -36,6 +36,7 @@ extensions = [
     core("connection", libraries=HTTP_LIBS),
     core("h2downstream", libraries=HTTP_LIBS + ["nghttp2"]),
     core("http2", libraries=["nghttp2"]),
+    core("accesslog"),
 ]
 
 # FASTPROXY_ONLY=http1,router builds just those extensions (and skips the cffi module):

@@ -36,6 +36,8 @@ cdef class ListenerRuntime:
     cdef frozenset upgrade_types
     cdef int codec                  # 0 AUTO (HTTP/1, or HTTP/2 on its preface), 1 HTTP1, 2 HTTP2
     cdef RequestFilters filters     # HTTP filters before the router, None when there are none
+    cdef list access_logs           # AccessLog objects, None when there are none
+    cdef tuple log_wanted           # request headers the access logs read
     cdef object server
 
 
@@ -106,6 +108,15 @@ cdef class Stream:
     cdef double idle_timeout    # stream idle timeout (the route's idle_timeout or the HCM's)
     cdef object duration_timer  # max_stream_duration
     cdef list hedges            # earlier attempts still running (hedge_on_per_try_timeout)
+    # access logging (only filled when the connection manager has access logs)
+    cdef int flags              # response flags (accesslog.pxd RF_*), always kept
+    cdef int64_t bytes_received
+    cdef int64_t bytes_sent
+    cdef double wall_start
+    cdef dict log_headers
+    cdef bytes upstream_address # b"ip:port" of the host the request went to last
+    cdef list flag_order        # response flags in the order they were set (None: none yet)
+    cdef int fail_flag          # the flag of the last attempt's failure, set if it is final
 
     cdef void reset(self)
 
@@ -156,6 +167,7 @@ cdef class DownstreamConnection:
     cdef void _write(self, bytes data)
     cdef int _finish_stream(self) except -1
     cdef void _abort_stream(self)
+    cdef void _write_access_log(self)
     cdef void _close(self)
 
 

@@ -38,6 +38,9 @@ from fastproxy._core.hoststate cimport (
     HostState, LOCAL_CONNECT_FAILED, LOCAL_CONNECT_TIMEOUT, LOCAL_RESET, LOCAL_REQUEST_TIMEOUT)
 from fastproxy._core.breakers cimport CircuitBreakers
 from fastproxy._core.ratelimit cimport RequestFilters
+from fastproxy._core.accesslog cimport (
+    AccessLog, AccessLogEntry, RF_UH, RF_UT, RF_UF, RF_UC, RF_UO, RF_NR, RF_RL, RF_DC, RF_URX,
+    RF_SI, RF_DPE, RF_DT, RF_UPE, RF_NC)
 
 import time as _time
 from fastproxy._core.router import RouteTable as _RouteTable
@@ -265,6 +268,17 @@ cdef class ListenerRuntime:
         self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
         self.codec = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2}.get(hcm.codec_type, 0)
         self.filters = make_request_filters(hcm, worker.shm_path, worker.index)
+        self.access_logs = None
+        self.log_wanted = ()
+        if getattr(hcm, "access_logs", None):
+            from fastproxy._core.accesslog import make_access_logs
+            self.access_logs = make_access_logs(hcm)
+            if self.access_logs:
+                wanted = set()
+                for log in self.access_logs:
+                    wanted.update((<AccessLog>log).wanted)
+                self.log_wanted = tuple(sorted(w.encode("latin-1") if isinstance(w, str) else w
+                                               for w in wanted))
         self.server = None
 
     def protocol_factory(self):
@@ -501,6 +515,13 @@ cdef class Stream:
         self.duration_timer = None
         self.hedges = None
         self.retry_timer = None
+        self.flags = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.log_headers = None
+        self.upstream_address = None
+        self.flag_order = None
+        self.fail_flag = 0
         self.holds_retry = False
         self.internal = -1
 
@@ -556,6 +577,7 @@ cdef class DownstreamConnection:
                 and <int64_t>n <= s.request_remaining):
             # Body bytes straight through, no copy into the buffer.
             s.request_remaining -= n
+            s.bytes_received += n
             self._forward_upstream(data)
             if s.request_remaining == 0:
                 self._request_complete()
@@ -675,6 +697,7 @@ cdef class DownstreamConnection:
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_HTTP1_TOTAL] += 1
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] += 1
         self.stream.reset()
+        set_flag(self.stream, RF_DPE)
         self.state = S_WAIT
         if rc == PARSE_TOO_LARGE or rc == PARSE_TOO_MANY_HEADERS:
             self._local_reply(431, BODY_TOO_LARGE, True, None)
@@ -702,6 +725,9 @@ cdef class DownstreamConnection:
         s.reset()
         s.start_time = now()
         s.idle_timeout = lr.stream_idle_timeout
+        if lr.access_logs is not None:
+            s.wall_start = _time.time()
+            s.log_headers = capture_headers(head, lr.log_wanted)
         s.is_head = head.is_head
         s.keep_alive = head.keep_alive and not self.closing
         self.minor_version = head.minor_version
@@ -757,6 +783,7 @@ cdef class DownstreamConnection:
             # HTTP filters before the router see every request, whatever the route says.
             rc = lr.filters.on_request(head, d)
             if rc:
+                set_flag(s, RF_RL)
                 self._consume(head_len)
                 self.state = S_WAIT
                 s.response_headers = lr.filters.reply_late_headers
@@ -768,6 +795,7 @@ cdef class DownstreamConnection:
             self.state = S_WAIT
             if action == ACTION_NONE:
                 v[lr.http_base + HTTP_NO_ROUTE] += 1
+                set_flag(s, RF_NR)
                 return self._local_reply(404, None, head.body_kind != BODY_NONE, None)
             if action == ACTION_DIRECT_RESPONSE:
                 v[lr.http_base + HTTP_RQ_DIRECT_RESPONSE] += 1
@@ -781,6 +809,7 @@ cdef class DownstreamConnection:
                 return self._local_reply(d.status, None, head.body_kind != BODY_NONE,
                                          [(b"location", d.location)], d.response_ops)
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
+            set_flag(s, RF_NC)
             return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
 
         cluster = w.clusters.get(d.cluster)
@@ -788,6 +817,7 @@ cdef class DownstreamConnection:
             self._consume(head_len)
             self.state = S_WAIT
             v[lr.http_base + HTTP_NO_CLUSTER] += 1
+            set_flag(s, RF_NC)
             return self._local_reply(503, None, head.body_kind != BODY_NONE, None)
         self._setup_retry(head, d)
         host = self._pick_host(cluster, d, None)
@@ -795,6 +825,7 @@ cdef class DownstreamConnection:
             self._consume(head_len)
             self.state = S_WAIT
             v[cluster.base + CLUSTER_UPSTREAM_CX_NONE_HEALTHY] += 1
+            set_flag(s, RF_UH)
             return self._local_reply(503, BODY_NO_HEALTHY, head.body_kind != BODY_NONE, None)
 
         if cluster.breakers is not None:
@@ -802,6 +833,7 @@ cdef class DownstreamConnection:
                 self._consume(head_len)
                 self.state = S_WAIT
                 v[cluster.base + CLUSTER_UPSTREAM_RQ_ACTIVE_OVERFLOW] += 1
+                set_flag(s, RF_UO)
                 return self._local_reply(503, BODY_OVERFLOW, head.body_kind != BODY_NONE, OVERLOADED)
             s.holds_request = True
         s.cluster = cluster
@@ -819,6 +851,7 @@ cdef class DownstreamConnection:
                 # The whole body is here: send it with the head in one write.
                 out += PyBytes_FromStringAndSize(data + head_len, head.content_length)
                 head_len += <int>head.content_length
+                s.bytes_received += head.content_length
             else:
                 s.request_remaining = head.content_length
         elif head.body_kind == BODY_CHUNKED:
@@ -831,6 +864,7 @@ cdef class DownstreamConnection:
             s.tried = [host]
         if self._send_to_host(cluster, host, [out]):
             # max_pending_requests overflow
+            set_flag(s, RF_UO)
             self.state = S_WAIT
             self._stream_stats_end(0)
             return self._local_reply(503, BODY_OVERFLOW, s.request_remaining > 0 or s.request_chunked,
@@ -1108,6 +1142,7 @@ cdef class DownstreamConnection:
             piece = bytes(self.buf[:n])
             del self.buf[:n]
             s.request_remaining -= n
+            s.bytes_received += n
             self._forward_upstream(piece)
             if s.request_remaining == 0:
                 self._request_complete()
@@ -1127,6 +1162,7 @@ cdef class DownstreamConnection:
                 self._upstream_failed(400, BODY_BAD_REQUEST)
             return 0
         if length > 0:
+            s.bytes_received += length
             self._forward_upstream(chunk_frame(PyByteArray_AS_STRING(self.buf), length))
         del self.buf[:consumed]
         if rc == 1:
@@ -1163,6 +1199,7 @@ cdef class DownstreamConnection:
         if s.response_complete or self.transport is None:
             return
         self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_RQ_MAX_DURATION_REACHED] += 1
+        set_flag(s, RF_DT)
         self._upstream_failed(504 if s.request_complete else 408, BODY_DURATION_TIMEOUT)
 
     def _on_per_try_idle(self):
@@ -1257,6 +1294,7 @@ cdef class DownstreamConnection:
         if c is None or s.retries_left <= 0 or s.replay is None or not s.request_complete:
             if c is not None and s.retries_left <= 0 and s.retry is not None:
                 v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED] += 1
+                set_flag(s, RF_URX)
             return False
         if c.breakers is not None and not s.holds_retry:
             if not c.breakers.try_retry(c.priority(s.host)):
@@ -1307,6 +1345,7 @@ cdef class DownstreamConnection:
         if s.response_complete or c is None:
             return
         self.worker.values[c.base + CLUSTER_UPSTREAM_RQ_TIMEOUT] += 1
+        set_flag(s, RF_UT)
         if c.state is not None:
             c.state.report_local_failure(s.host, LOCAL_REQUEST_TIMEOUT)
         self._upstream_failed(504, BODY_TIMEOUT)
@@ -1344,6 +1383,9 @@ cdef class DownstreamConnection:
     cdef void _upstream_failed(self, int status, bytes body):
         """The upstream side of the stream failed: answer locally if we still can, else close."""
         cdef Stream s = self.stream
+        if s.fail_flag:
+            set_flag(s, s.fail_flag)  # the attempt's failure is the request's: flag it now
+            s.fail_flag = 0
         cdef UpstreamConnection up = s.upstream
         if up is not None:
             up.stream = None
@@ -1448,6 +1490,7 @@ cdef class DownstreamConnection:
         out = ob_take(b)
         if body and not s.is_head:
             out += body
+            s.bytes_sent += len(body)
         s.status = status
         s.response_started = True
         self._write(out)
@@ -1469,6 +1512,8 @@ cdef class DownstreamConnection:
         s.response_complete = True
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] -= 1
         v[lr.http_base + HTTP_DOWNSTREAM_RQ_COMPLETED] += 1
+        if lr.access_logs is not None:
+            self._write_access_log()
         if s.status >= 100:
             v[lr.http_base + HTTP_DOWNSTREAM_RQ_1XX + s.status // 100 - 1] += 1
         s.deadline = 0
@@ -1501,6 +1546,34 @@ cdef class DownstreamConnection:
             self.worker.values[lr.http_base + HTTP_DOWNSTREAM_RQ_ACTIVE] -= 1
             if s.response_started:
                 self.worker.values[lr.http_base + HTTP_RQ_RESET_AFTER_DOWNSTREAM_RESPONSE_STARTED] += 1
+            if self.transport is None:
+                set_flag(s, RF_DC)  # the client went away first
+            if lr.access_logs is not None:
+                self._write_access_log()
+
+    cdef void _write_access_log(self):
+        cdef Stream s = self.stream
+        cdef AccessLogEntry e = AccessLogEntry()
+        e.start_time = s.wall_start
+        e.duration = now() - s.start_time
+        e.response_code = s.status if s.response_started else 0
+        e.flags = s.flags
+        e.flag_order = s.flag_order
+        e.bytes_received = s.bytes_received
+        e.bytes_sent = s.bytes_sent
+        e.protocol = b"HTTP/1.1" if self.minor_version == 1 else b"HTTP/1.0"
+        e.request_headers = s.log_headers or {}
+        e.route_name = s.decision.route_name
+        e.upstream_cluster = s.decision.cluster if s.decision.action == ACTION_ROUTE else None
+        if s.upstream_address is not None:
+            e.upstream_host = s.upstream_address
+        e.downstream_remote_address = s.decision.remote_address
+        e.downstream_local_address = s.decision.local_address
+        for log in self.listener.access_logs:
+            try:
+                (<AccessLog>log).log(e)
+            except Exception:
+                pass  # a log that cannot be written never fails the request
 
     cdef void _close(self):
         if self.transport is not None and not self.closing:
@@ -1544,6 +1617,7 @@ cdef class DownstreamConnection:
             last = max(self.last_activity, up_activity, s.start_time)
             if s.idle_timeout > 0 and t - last >= s.idle_timeout:
                 v[lr.http_base + HTTP_DOWNSTREAM_RQ_IDLE_TIMEOUT] += 1
+                set_flag(s, RF_SI)
                 self._upstream_failed(504 if s.request_complete else 408, BODY_STREAM_TIMEOUT)
 
 
@@ -1589,6 +1663,38 @@ cdef int apply_ops(OutBuf *b, tuple ops_list) except -1:
     parts.append(b"")
     ob_put_bytes(b, b"\r\n".join(parts))
     return 0
+
+
+cdef inline void set_flag(Stream s, int flag):
+    """Set a response flag, remembering the order (Envoy's logs print flags in that order)."""
+    if s.flags & flag:
+        return
+    s.flags |= flag
+    if s.flag_order is None:
+        s.flag_order = [flag]
+    else:
+        s.flag_order.append(flag)
+
+
+cdef dict capture_headers(RequestHead *head, tuple wanted):
+    """The request headers an access log reads, copied before the head's buffer is reused."""
+    cdef dict out = {}
+    cdef size_t i
+    cdef bytes name
+    if b":method" in wanted:
+        out[":method"] = PyBytes_FromStringAndSize(head.method, head.method_len)
+    if b":path" in wanted:
+        out[":path"] = PyBytes_FromStringAndSize(head.target, head.target_len)
+    for i in range(head.num_headers):
+        name = PyBytes_FromStringAndSize(head.headers[i].name, head.headers[i].name_len).lower()
+        if <int>i == head.host_index:
+            name = b":authority"
+        if name in wanted:
+            key = name.decode("latin-1")
+            if key not in out:
+                out[key] = PyBytes_FromStringAndSize(head.headers[i].value,
+                                                     head.headers[i].value_len)
+    return out
 
 
 cdef void set_decision_addresses(RouteDecision d, transport):
@@ -1780,6 +1886,8 @@ cdef class UpstreamConnection:
     cdef void attach(self, Stream s):
         self.stream = s
         self.requests += 1
+        s.upstream_address = <bytes>self.cluster.host_authority[self.host] \
+            if self.host < len(self.cluster.host_authority) else None
         if self.connected:
             self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_TOTAL] += 1
             self.state = U_HEAD
@@ -1961,6 +2069,7 @@ cdef class UpstreamConnection:
                     down._upstream_failed(503, BODY_OVERFLOW)
                 return 0
             self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED] += 1
+            set_flag(s, RF_URX)
         s.status = head.status
         s.response_started = True
         self.keep_alive = head.keep_alive
@@ -2035,6 +2144,7 @@ cdef class UpstreamConnection:
             ob_put(b, data + head_len, whole)
         out = ob_take(b)
         del self.buf[:head_len + whole]
+        s.bytes_sent += whole
         down._write(out)
         if whole:
             if <int64_t>(length - head_len) > whole:
@@ -2057,6 +2167,7 @@ cdef class UpstreamConnection:
         cdef int rc
         cdef bytearray work
         if d.kind == BODY_LENGTH:
+            s.bytes_sent += min(n, d.remaining)
             if n >= d.remaining:
                 if n > d.remaining:
                     # Bytes beyond the declared length: the upstream broke framing.
@@ -2069,6 +2180,7 @@ cdef class UpstreamConnection:
             down._write(data)
             return 0
         if d.kind == BODY_EOF:
+            s.bytes_sent += n
             if n:
                 down._write(chunk_frame(PyBytes_AS_STRING(data), n))
             return 0
@@ -2081,6 +2193,7 @@ cdef class UpstreamConnection:
             self._fail("protocol error", 502)
             return 0
         if length > 0:
+            s.bytes_sent += length
             down._write(chunk_frame(PyByteArray_AS_STRING(work), length))
         if rc == 1:
             if consumed < <size_t>n:
@@ -2134,6 +2247,7 @@ cdef class UpstreamConnection:
         self._close_transport()
         if s is not None and s.downstream is not None and s.upstream is self:
             s.upstream = None
+            s.fail_flag = RF_UPE if status == 502 else (RF_UF if not self.connected else RF_UC)
             if s.hedges:
                 # an earlier hedged attempt is still running: it carries the request on
                 s.upstream = <UpstreamConnection>s.hedges.pop()

@@ -12,7 +12,7 @@ from typing import Optional
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
-from . import circuit_breakers, local_ratelimit, model
+from . import access_log, circuit_breakers, local_ratelimit, model
 from .common import enum_name, is_ip, opt_duration_ms, socket_address, wrapped
 from . import lb_config
 from .errors import Errors, join
@@ -151,6 +151,7 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
                        if wrapped(u, "enabled", True)],
         local_ratelimit=rl,
         local_ratelimit_name=rl_name,
+        access_logs=access_log.compile_access_logs(h, join(path, "access_log"), errors),
     )
 
 

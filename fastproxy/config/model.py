@@ -216,6 +216,8 @@ class HttpConnectionManager:
     # envoy.filters.http.local_ratelimit in http_filters (config.local_ratelimit.LocalRateLimit)
     local_ratelimit: Optional[object] = None
     local_ratelimit_name: str = ""  # its name in http_filters (the typed_per_filter_config key)
+    # access_log entries (config.access_log.AccessLogConfig: kind, path, format)
+    access_logs: list = field(default_factory=list)
 
 
 @dataclass

@@ -45,8 +45,13 @@ SUPPORTED: dict[str, set[str]] = {
         "stat_prefix", "codec_type", "route_config", "http_filters",
         "common_http_protocol_options", "max_request_headers_kb", "stream_idle_timeout",
         "request_timeout", "use_remote_address", "xff_num_trusted_hops", "generate_request_id",
-        "server_name", "upgrade_configs",
+        "server_name", "upgrade_configs", "access_log",
     },
+    # Access logs (config.access_log): no filter, text formats only
+    "envoy.config.accesslog.v3.AccessLog": {"name", "typed_config"},
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog": {"path", "format", "log_format"},
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": {"log_format"},
+    _CORE + "SubstitutionFormatString": {"text_format", "text_format_source"},
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": {
         "upgrade_type", "enabled",
     },

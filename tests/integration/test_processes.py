@@ -183,12 +183,17 @@ def _write(cfg: dict) -> str:
     return path
 
 
-UNSUPPORTED_PATH = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log"
+UNSUPPORTED_PATH = ("static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+                    ".access_log[0].filter")
 
 
 def _with_unsupported_field(cfg):
+    # an access log filter: access logs are implemented, their filters are not
     tc = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    tc["access_log"] = [{"name": "envoy.access_loggers.stdout", "typed_config": {
+    tc["access_log"] = [{"name": "envoy.access_loggers.stdout",
+                         "filter": {"status_code_filter": {"comparison": {
+                             "op": "GE", "value": {"default_value": 400, "runtime_key": "k"}}}},
+                         "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"}}]
     return cfg
 

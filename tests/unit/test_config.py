@@ -369,8 +369,8 @@ def test_cluster_fields():
 
 def test_unsupported_field_refused_with_path():
     d = base()
-    hcm(d)["access_log"] = [{"name": "x"}]
-    assert errors_of(d) == [HCM_PATH + ".access_log: not supported"]
+    hcm(d)["add_user_agent"] = True
+    assert errors_of(d) == [HCM_PATH + ".add_user_agent: not supported"]
 
 
 def test_unknown_typed_config_refused():
@@ -562,9 +562,9 @@ def test_duplicate_domains():
 
 def test_validate_lists_errors(tmp_path):
     d = base()
-    hcm(d)["access_log"] = [{"name": "x"}]
+    hcm(d)["add_user_agent"] = True
     hcm(d)["codec_type"] = "HTTP3"
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(d))
-    assert validate(str(f)) == [HCM_PATH + ".access_log: not supported",
+    assert validate(str(f)) == [HCM_PATH + ".add_user_agent: not supported",
                                 HCM_PATH + ".codec_type: HTTP3 not supported"]
