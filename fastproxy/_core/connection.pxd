@@ -61,10 +61,9 @@ cdef class ClusterRuntime:
 
     cdef dict conn_count       # connections (open or opening) per host address
     cdef UpstreamConnection get_idle(self, int host)
-    cdef UpstreamConnection new_connection(self, int host)
+    cdef UpstreamConnection new_connection(self, int host, int priority)
     cdef void release(self, UpstreamConnection c)
     cdef void connection_closed(self, UpstreamConnection c)
-    cdef int priority(self, int host) noexcept
 
 
 cdef class Stream:
@@ -104,6 +103,7 @@ cdef class Stream:
     cdef object per_try_idle_timer
     cdef object retry_timer
     cdef bint holds_retry
+    cdef int priority           # the route's RoutingPriority (circuit breaker thresholds)
     cdef int internal           # -1 unknown, 0 external, 1 internal request
     cdef double idle_timeout    # stream idle timeout (the route's idle_timeout or the HCM's)
     cdef object duration_timer  # max_stream_duration
@@ -187,6 +187,7 @@ cdef class UpstreamConnection:
     cdef int64_t requests
     cdef bint counted           # holds a breakers.try_connection slot
     cdef bint accounted         # its close has been accounted by the cluster
+    cdef int priority           # the priority of the request that opened it
     cdef readonly object address
     cdef double last_activity
 

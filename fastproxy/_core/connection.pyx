@@ -408,10 +408,6 @@ cdef class ClusterRuntime:
         """Extra LoadBalancer arguments from the cluster's config (lb_config and friends)."""
         return getattr(self.model, "lb_options", None) or {}
 
-    cdef int priority(self, int host) noexcept:
-        """The circuit-breaker priority: the route's (DEFAULT) until routes carry a priority."""
-        return 0
-
     cdef UpstreamConnection get_idle(self, int host):
         """An idle pooled connection to `host`, or None."""
         cdef list idle = <list>self.idle[host]
@@ -422,19 +418,20 @@ cdef class ClusterRuntime:
                 return c
         return None
 
-    cdef UpstreamConnection new_connection(self, int host):
+    cdef UpstreamConnection new_connection(self, int host, int priority):
         """A new connection to `host`, or None when max_connections says wait.  As in Envoy, a
         host without any connection always gets one."""
         cdef UpstreamConnection c
         cdef bint counted = False
         address = self.hosts[host]
         if self.breakers is not None:
-            counted = self.breakers.try_connection(self.priority(host))
+            counted = self.breakers.try_connection(priority)
             if not counted and self.conn_count.get(address, 0) > 0:
                 self.worker.values[self.base + CLUSTER_UPSTREAM_CX_OVERFLOW] += 1
                 return None
         c = UpstreamConnection(self, host)
         c.counted = counted
+        c.priority = priority
         self.conn_count[address] = self.conn_count.get(address, 0) + 1
         c.start_connect()
         return c
@@ -469,9 +466,9 @@ cdef class ClusterRuntime:
             self.conn_count.pop(c.address, None)
         if c.counted:
             c.counted = False
-            self.breakers.release_connection(self.priority(c.host))
+            self.breakers.release_connection(c.priority)
         if c.host < len(self.waiting) and self.waiting[c.host] and self.hosts[c.host] == c.address:
-            n = self.new_connection(c.host)
+            n = self.new_connection(c.host, (<Stream>(<list>self.waiting[c.host])[0]).priority)
             if n is not None:
                 s = <Stream>(<list>self.waiting[c.host]).pop(0)
                 s.waiting = False
@@ -499,6 +496,7 @@ cdef class Stream:
         self.request_chunked = False
         self.waiting = False
         self.pending = False
+        self.priority = 0
         self.holds_request = False
         self.response_headers = None
         self.retry = None
@@ -829,7 +827,7 @@ cdef class DownstreamConnection:
             return self._local_reply(503, BODY_NO_HEALTHY, head.body_kind != BODY_NONE, None)
 
         if cluster.breakers is not None:
-            if not cluster.breakers.try_request(cluster.priority(host)):
+            if not cluster.breakers.try_request(s.priority):
                 self._consume(head_len)
                 self.state = S_WAIT
                 v[cluster.base + CLUSTER_UPSTREAM_RQ_ACTIVE_OVERFLOW] += 1
@@ -884,13 +882,13 @@ cdef class DownstreamConnection:
         cdef int64_t *v = self.worker.values
         cdef UpstreamConnection up = c.get_idle(host)
         if up is None:
-            if c.breakers is not None and not c.breakers.try_pending(c.priority(host)):
+            if c.breakers is not None and not c.breakers.try_pending(s.priority):
                 v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW] += 1
                 return 1
             s.pending = True
             v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_TOTAL] += 1
             v[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] += 1
-            up = c.new_connection(host)
+            up = c.new_connection(host, s.priority)
             if up is None:
                 s.waiting = True
                 s.pending_writes = list(writes)
@@ -912,7 +910,7 @@ cdef class DownstreamConnection:
         if c is not None:
             self.worker.values[c.base + CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE] -= 1
             if c.breakers is not None:
-                c.breakers.release_pending(c.priority(s.host))
+                c.breakers.release_pending(s.priority)
 
     cdef int _pick_host(self, ClusterRuntime cluster, RouteDecision d, list avoid) except -2:
         """A host for this request; with `avoid` (previous_hosts), re-pick up to
@@ -942,6 +940,7 @@ cdef class DownstreamConnection:
             action = (<RouteEntry>d.entry).source.route
             if action is not None:
                 rp = action.retry_policy
+                s.priority = 1 if action.priority == 1 else 0
                 if action.idle_timeout_ms is not None:
                     s.idle_timeout = action.idle_timeout_ms / 1000.0
                 if action.max_stream_duration_ms is not None:
@@ -1297,7 +1296,7 @@ cdef class DownstreamConnection:
                 set_flag(s, RF_URX)
             return False
         if c.breakers is not None and not s.holds_retry:
-            if not c.breakers.try_retry(c.priority(s.host)):
+            if not c.breakers.try_retry(s.priority):
                 v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW] += 1
                 return False
             s.holds_retry = True
@@ -1420,7 +1419,7 @@ cdef class DownstreamConnection:
         if c is not None:
             if s.holds_retry:
                 s.holds_retry = False
-                c.breakers.release_retry(c.priority(s.host))
+                c.breakers.release_retry(s.priority)
             if status and s.attempt > 1 and status < 500:
                 v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS] += 1
             if s.waiting:
@@ -1430,7 +1429,7 @@ cdef class DownstreamConnection:
             self._end_pending()
             if s.holds_request:
                 s.holds_request = False
-                c.breakers.release_request(c.priority(s.host))
+                c.breakers.release_request(s.priority)
             v[c.base + CLUSTER_UPSTREAM_RQ_ACTIVE] -= 1
             if status:
                 v[c.base + CLUSTER_UPSTREAM_RQ_COMPLETED] += 1

@@ -144,6 +144,7 @@ class RouteAction:
     auto_host_rewrite: bool = False
     timeout_ms: int = 15000  # route.timeout; 0 disables
     retry_policy: Optional[RetryPolicy] = None
+    priority: int = 0  # RoutingPriority: 0 DEFAULT, 1 HIGH (the circuit breakers' thresholds)
     idle_timeout_ms: Optional[int] = None  # route idle_timeout: overrides stream_idle_timeout
     max_stream_duration_ms: Optional[int] = None  # max_stream_duration.max_stream_duration
     hash_policy: list[HashPolicy] = field(default_factory=list)  # for RING_HASH / MAGLEV

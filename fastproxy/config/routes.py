@@ -116,6 +116,7 @@ def route_action(ra, path: str, errors: Errors, refs: ClusterRefs) -> model.Rout
     elif host == "auto_host_rewrite":
         out.auto_host_rewrite = ra.auto_host_rewrite.value
     out.timeout_ms = duration_ms(ra.timeout) if ra.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT_MS
+    out.priority = ra.priority  # RoutingPriority: DEFAULT 0, HIGH 1
     if ra.HasField("idle_timeout"):
         out.idle_timeout_ms = duration_ms(ra.idle_timeout)
     if ra.HasField("max_stream_duration") and ra.max_stream_duration.HasField("max_stream_duration"):

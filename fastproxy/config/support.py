@@ -101,6 +101,7 @@ SUPPORTED: dict[str, set[str]] = {
     _R + "RouteAction": {
         "cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
         "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy", "idle_timeout",
+        "priority",
         "max_stream_duration",
         "hash_policy", "rate_limits",
     },
