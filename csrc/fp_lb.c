@@ -29,7 +29,13 @@
  *     on host set updates; here picks also refresh the factors (and rebuild the schedules) at
  *     most every FP_LB_SLOW_START_REFRESH seconds, reading a coarse monotonic clock only while
  *     some host is in slow start. A rebuild resumes the rotation where it was (the schedule is
- *     built as if seed + picks-so-far picks had been made) instead of restarting it. */
+ *     built as if seed + picks-so-far picks had been made) instead of restarting it.
+ *   - locality weighted balancing (Envoy's locality_weighted_lb_config, HostSetImpl's locality
+ *     scheduler): each locality is a pool shaped like a level (its hosts, its healthy ones, its
+ *     round robin index and EDF schedule). A level not in panic keeps an EDF schedule over its
+ *     localities' effective weights, weight * min(1, overprovisioning * healthy / hosts), built
+ *     on every host set change as if `seed` picks had been made; a pick then draws the locality
+ *     before the host. In panic a level picks from all its hosts, localities ignored. */
 #include "fp_lb.h"
 
 #include <math.h>
@@ -78,6 +84,14 @@ typedef struct {
     uint64_t edf_picks;   /* picks made through `edf` (slow start rebuilds resume from it) */
     fp_ring_t ring;       /* RING_HASH */
     fp_maglev_t maglev;   /* MAGLEV */
+    /* locality weighted balancing (levels only; a locality's pool has none) */
+    uint32_t *loc_ids;    /* the level's localities (indexes into lb->locs) */
+    uint32_t num_locs;
+    uint32_t *loc_use;    /* those with an effective weight above 0 */
+    uint32_t num_loc_use;
+    uint8_t loc_pick;     /* picks draw a locality first */
+    fp_edf_t loc_edf;     /* over loc_use, weighted by lb->loc_eff (2+ localities) */
+    uint64_t loc_picks;
 } fp_lb_level_t;
 
 struct fp_lb {
@@ -117,6 +131,13 @@ struct fp_lb {
     double ss_next;              /* picks refresh at or after this time */
     int ss_active;               /* some host is in slow start: factors apply, EDF forced */
     int ss_manual;               /* picks never read the clock */
+    /* locality weighted balancing (num_localities 0 when disabled) */
+    uint32_t num_localities;
+    fp_lb_level_t *locs;         /* per locality: its pool */
+    uint32_t *loc_weight;        /* per locality: its configured weight */
+    double *loc_eff;             /* per locality: its effective weight now */
+    uint32_t *loc_storage;       /* pools' `hosts` and `use`, levels' `loc_ids` and `loc_use` */
+    void *loc_heap_storage;      /* pools' and levels' locality heaps, 64-byte aligned */
 };
 
 static inline int is_hashing(int policy) {
@@ -224,12 +245,17 @@ static inline double host_weight(const fp_lb_t *lb, uint32_t host) {
 /* Pops the earliest deadline (the scheduler's time moves to it) and pushes the same host back
  * with a deadline one period (1 / its weight now) later: the new entry replaces the top and
  * sinks, which is what a pop followed by a push leaves, entries being totally ordered. */
-static inline uint32_t edf_pick_and_add(fp_lb_t *lb, fp_edf_t *edf) {
+static inline double entry_weight(const fp_lb_t *lb, const double *w, uint32_t id) {
+    return w ? w[id] : host_weight(lb, id);
+}
+
+/* `w`: the entries' weights (locality schedules), or NULL for host weights. */
+static inline uint32_t edf_pick_and_add(fp_lb_t *lb, fp_edf_t *edf, const double *w) {
     const fp_edf_entry_t top = edf->heap[0];
     const uint32_t host = edf_host(top);
     if (edf->order == UINT32_MAX)
         edf_renumber(edf); /* the top stays first: same deadline, lowest order */
-    const double deadline = edf_deadline(top) + 1.0 / host_weight(lb, host);
+    const double deadline = edf_deadline(top) + 1.0 / entry_weight(lb, w, host);
     edf_sift_down(edf->heap, edf->size, 0, edf_entry(deadline, edf->order++, host));
     return host;
 }
@@ -238,15 +264,16 @@ static inline uint32_t edf_pick_and_add(fp_lb_t *lb, fp_edf_t *edf) {
  * createWithPicks): most picks are accounted for in closed form, the rest (< n) are made. The
  * scheduler's time is implicit: every deadline is at or after it, and a pick moves it to the
  * picked deadline. */
-static void edf_build(fp_lb_t *lb, fp_edf_t *edf, const uint32_t *use, uint32_t n, uint32_t picks) {
+static void edf_build(fp_lb_t *lb, fp_edf_t *edf, const uint32_t *use, uint32_t n, uint32_t picks,
+                      const double *w) {
     const double epsilon = 1e-13; /* keeps weights that are multiples of each other exact */
     double sum = 0.0;
     uint32_t done = 0;
     picks %= 429496729u;
     for (uint32_t i = 0; i < n; i++)
-        sum += host_weight(lb, use[i]) + epsilon;
+        sum += entry_weight(lb, w, use[i]) + epsilon;
     for (uint32_t i = 0; i < n; i++) {
-        const double weight = host_weight(lb, use[i]) + epsilon;
+        const double weight = entry_weight(lb, w, use[i]) + epsilon;
         uint32_t floor_picks = (uint32_t)(weight * (double)picks / sum);
         if (floor_picks > 0 && (double)floor_picks / weight >= (double)picks / sum)
             floor_picks--;
@@ -259,7 +286,7 @@ static void edf_build(fp_lb_t *lb, fp_edf_t *edf, const uint32_t *use, uint32_t 
     for (uint32_t i = (n - 2) / 4 + 1; i-- > 0;) /* from the last parent up; n >= 2 here */
         edf_sift_down(edf->heap, n, i, edf->heap[i]);
     for (; done < picks; done++)
-        edf_pick_and_add(lb, edf);
+        edf_pick_and_add(lb, edf, w);
 }
 
 /* ---- priority loads, panic, per-level sources ---- */
@@ -291,7 +318,8 @@ static void level_build_table(fp_lb_t *lb, fp_lb_level_t *level) {
         fp_maglev_build(&level->maglev, &hosts, lb->table_size);
 }
 
-static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
+/* Builds what a level or a locality's pool picks from (its panic flag says which hosts). */
+static void pool_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
     const uint8_t source = level->panic ? SOURCE_ALL : SOURCE_HEALTHY;
     uint32_t n = 0;
     for (uint32_t i = 0; i < level->num_hosts; i++) {
@@ -317,7 +345,51 @@ static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
     /* Without slow start a rebuild starts the rotation afresh, as Envoy's refresh does; with it
      * rebuilds are periodic, and restarting each time would favour the first hosts. */
     const uint64_t picks = lb->ss_start ? lb->seed + level->edf_picks : lb->seed;
-    edf_build(lb, &level->edf, level->use, n, (uint32_t)picks);
+    edf_build(lb, &level->edf, level->use, n, (uint32_t)picks, NULL);
+}
+
+/* Locality weighted balancing: rebuilds the pools of the level's localities, their effective
+ * weights and the level's locality schedule (Envoy's effectiveLocalityWeight and
+ * rebuildLocalityScheduler). */
+static void level_build_localities(fp_lb_t *lb, fp_lb_level_t *level) {
+    uint32_t n = 0;
+    level->loc_pick = 0;
+    level->num_loc_use = 0;
+    level->loc_edf.size = 0;
+    for (uint32_t i = 0; i < level->num_locs; i++) {
+        const uint32_t id = level->loc_ids[i];
+        fp_lb_level_t *pool = &lb->locs[id];
+        double eff = 0.0;
+        lb->loc_eff[id] = 0.0;
+        if (level->panic)
+            continue;
+        pool->panic = 0;
+        pool_build_source(lb, pool);
+        if (pool->num_hosts > 0 && pool->num_use > 0) {
+            double availability = (lb->overprovisioning_factor / 100.0) *
+                                  ((double)pool->num_use / (double)pool->num_hosts);
+            if (availability > 1.0)
+                availability = 1.0;
+            eff = (double)lb->loc_weight[id] * availability;
+        }
+        lb->loc_eff[id] = eff;
+        if (eff > 0.0)
+            level->loc_use[n++] = id;
+    }
+    level->num_loc_use = n;
+    if (n == 0)
+        return; /* no locality to weigh: the level's healthy hosts, as without localities */
+    level->loc_pick = 1;
+    if (n >= 2) {
+        const uint64_t picks = lb->ss_start ? lb->seed + level->loc_picks : lb->seed;
+        edf_build(lb, &level->loc_edf, level->loc_use, n, (uint32_t)picks, lb->loc_eff);
+    }
+}
+
+static void level_build_source(fp_lb_t *lb, fp_lb_level_t *level) {
+    pool_build_source(lb, level);
+    if (level->num_locs > 0)
+        level_build_localities(lb, level);
 }
 
 /* Recomputes loads and panic flags of every level; rebuilds the sources of `changed` (-1: all)
@@ -496,6 +568,84 @@ void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed) {
     config->now = -1.0;
 }
 
+/* Locality weighted balancing: allocates and slices the pools and the levels' locality lists.
+ * Returns FP_LB_OK or an error code. */
+static int setup_localities(fp_lb_t *lb, const fp_lb_config_t *config,
+                            const uint32_t *priorities) {
+    const uint32_t L = config->num_localities, num_hosts = lb->num_hosts;
+    lb->locs = calloc(L, sizeof(*lb->locs));
+    lb->loc_weight = calloc(L, sizeof(*lb->loc_weight));
+    lb->loc_eff = calloc(L, sizeof(*lb->loc_eff));
+    lb->loc_storage = calloc(2 * (size_t)num_hosts + 2 * (size_t)L + 1, sizeof(uint32_t));
+    if (!lb->locs || !lb->loc_weight || !lb->loc_eff || !lb->loc_storage)
+        return FP_LB_ENOMEM;
+    /* Each locality's priority: the one of its first host; the others must share it. */
+    uint32_t *prio = malloc((size_t)L * sizeof(uint32_t) + 1);
+    if (!prio)
+        return FP_LB_ENOMEM;
+    for (uint32_t l = 0; l < L; l++)
+        prio[l] = UINT32_MAX;
+    for (uint32_t i = 0; i < num_hosts; i++) {
+        const uint32_t l = config->host_locality[i];
+        if (prio[l] == UINT32_MAX)
+            prio[l] = priorities[i];
+        else if (prio[l] != priorities[i]) {
+            free(prio);
+            return FP_LB_ELOCALITY;
+        }
+        lb->locs[l].num_hosts++;
+    }
+    size_t heap_entries = 0;
+    for (uint32_t l = 0; l < L; l++) {
+        lb->loc_weight[l] = config->locality_weights ? config->locality_weights[l] : 1;
+        heap_entries += ((size_t)lb->locs[l].num_hosts + 6 + 3) / 4 * 4;
+        if (prio[l] != UINT32_MAX)
+            lb->levels[prio[l]].num_locs++;
+    }
+    for (uint32_t p = 0; p < lb->num_levels; p++)
+        heap_entries += ((size_t)lb->levels[p].num_locs + 6 + 3) / 4 * 4;
+    lb->loc_heap_storage = aligned_alloc(64, heap_entries * sizeof(fp_edf_entry_t));
+    if (!lb->loc_heap_storage) {
+        free(prio);
+        return FP_LB_ENOMEM;
+    }
+    size_t heap_offset = 0;
+    uint32_t offset = 0;
+    for (uint32_t l = 0; l < L; l++) {
+        fp_lb_level_t *pool = &lb->locs[l];
+        pool->hosts = lb->loc_storage + offset;
+        pool->use = lb->loc_storage + num_hosts + offset;
+        pool->edf.heap = (fp_edf_entry_t *)lb->loc_heap_storage + heap_offset + 3;
+        heap_offset += ((size_t)pool->num_hosts + 6 + 3) / 4 * 4;
+        pool->rr_count[SOURCE_HEALTHY] = lb->seed;
+        pool->rr_count[SOURCE_ALL] = lb->seed;
+        offset += pool->num_hosts;
+        pool->num_hosts = 0;
+    }
+    offset = 0;
+    for (uint32_t p = 0; p < lb->num_levels; p++) {
+        fp_lb_level_t *level = &lb->levels[p];
+        level->loc_ids = lb->loc_storage + 2 * (size_t)num_hosts + offset;
+        level->loc_use = lb->loc_storage + 2 * (size_t)num_hosts + L + offset;
+        level->loc_edf.heap = (fp_edf_entry_t *)lb->loc_heap_storage + heap_offset + 3;
+        heap_offset += ((size_t)level->num_locs + 6 + 3) / 4 * 4;
+        offset += level->num_locs;
+        level->num_locs = 0;
+    }
+    for (uint32_t i = 0; i < num_hosts; i++) {
+        fp_lb_level_t *pool = &lb->locs[config->host_locality[i]];
+        pool->hosts[pool->num_hosts++] = i;
+    }
+    for (uint32_t l = 0; l < L; l++)
+        if (prio[l] != UINT32_MAX) {
+            fp_lb_level_t *level = &lb->levels[prio[l]];
+            level->loc_ids[level->num_locs++] = l;
+        }
+    free(prio);
+    lb->num_localities = L;
+    return FP_LB_OK;
+}
+
 fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
                    const uint32_t *priorities, int *err) {
     uint32_t max_priority = 0;
@@ -537,6 +687,10 @@ fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint3
         }
         if (priorities[i] > max_priority)
             max_priority = priorities[i];
+        if (config->host_locality && config->host_locality[i] >= config->num_localities) {
+            *err = FP_LB_ELOCALITY;
+            return NULL;
+        }
     }
 
     fp_lb_t *lb = calloc(1, sizeof(*lb));
@@ -650,6 +804,11 @@ fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint3
             lb->ss_start[i] = config->host_start ? config->host_start[i] : now;
         slow_start_update(lb, now);
     }
+    if (config->host_locality && config->num_localities > 0 && !is_hashing(lb->policy) &&
+        (*err = setup_localities(lb, config, priorities)) != FP_LB_OK) {
+        fp_lb_free(lb);
+        return NULL;
+    }
     recompute(lb, -1);
     return lb;
 }
@@ -674,6 +833,11 @@ void fp_lb_free(fp_lb_t *lb) {
     free(lb->scratch_lens);
     free(lb->ss_start);
     free(lb->ss_factor);
+    free(lb->locs);
+    free(lb->loc_weight);
+    free(lb->loc_eff);
+    free(lb->loc_storage);
+    free(lb->loc_heap_storage);
     free(lb);
 }
 
@@ -736,6 +900,16 @@ int32_t fp_lb_pick(fp_lb_t *lb) {
         level = &lb->levels[p];
     }
 
+    if (level->loc_pick) {
+        /* Locality weighted: the locality first, then a host among its healthy ones. */
+        uint32_t id = level->loc_use[0];
+        if (level->num_loc_use > 1) {
+            level->loc_picks++;
+            id = edf_pick_and_add(lb, &level->loc_edf, lb->loc_eff);
+        }
+        level = &lb->locs[id];
+    }
+
     const uint32_t n = level->num_use;
     if (n == 0)
         return -1;
@@ -748,7 +922,7 @@ int32_t fp_lb_pick(fp_lb_t *lb) {
     }
     if (level->weighted) {
         level->edf_picks++;
-        return (int32_t)edf_pick_and_add(lb, &level->edf);
+        return (int32_t)edf_pick_and_add(lb, &level->edf, NULL);
     }
 
     if (lb->policy == FP_LB_ROUND_ROBIN) {
@@ -811,6 +985,12 @@ uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority) {
 
 int fp_lb_priority_panic(const fp_lb_t *lb, uint32_t priority) {
     return priority < lb->num_levels ? lb->levels[priority].panic : 0;
+}
+
+uint32_t fp_lb_num_localities(const fp_lb_t *lb) { return lb->num_localities; }
+
+double fp_lb_locality_effective_weight(const fp_lb_t *lb, uint32_t locality) {
+    return locality < lb->num_localities ? lb->loc_eff[locality] : 0.0;
 }
 
 int fp_lb_priority_weighted(const fp_lb_t *lb, uint32_t priority) {

@@ -36,6 +36,7 @@
 #define FP_LB_ERING 7     /* ring hash: minimum_ring_size above maximum_ring_size */
 #define FP_LB_ETABLE 8    /* maglev: table_size not a prime */
 #define FP_LB_EKEYS 9     /* a hashing policy without host keys */
+#define FP_LB_ELOCALITY 10 /* a locality index out of range, or a locality in two priorities */
 
 #define FP_LB_MAX_PRIORITY 127
 
@@ -70,6 +71,17 @@ typedef struct {
     double now;                      /* the time of the build; below 0: read the clock */
     int manual_clock;                /* picks never read the clock: time moves only through
                                         fp_lb_slow_start_refresh() (tests) */
+    /* Locality weighted balancing (Envoy's locality_weighted_lb_config) for ROUND_ROBIN,
+     * LEAST_REQUEST and RANDOM; NULL host_locality disables it, and hashing policies ignore it.
+     * host_locality[i] is host i's locality (0 .. num_localities - 1; all hosts of a locality
+     * share one priority), locality_weights[l] its weight (0: it gets no traffic). A pick chooses
+     * the level as without localities; unless the level is in panic, it then chooses a locality
+     * by EDF over weight * min(1, overprovisioning * healthy / hosts of the locality) (localities
+     * at 0 left out; when all are at 0 the level's healthy hosts are used as without
+     * localities), then a host of that locality with the policy. */
+    const uint32_t *host_locality;
+    const uint32_t *locality_weights;
+    uint32_t num_localities;
 } fp_lb_config_t;
 
 /* How often (seconds) picks refresh slow start weights while a host is in slow start. */
@@ -130,6 +142,11 @@ uint32_t fp_lb_num_priorities(const fp_lb_t *lb);
  * (picking from all its hosts instead of its healthy ones). */
 uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority);
 int fp_lb_priority_panic(const fp_lb_t *lb, uint32_t priority);
+/* Locality weighted balancing: the number of localities (0 when disabled) and the effective
+ * weight locality `locality` is scheduled with now (0 when it gets no traffic, or its level is
+ * in panic). */
+uint32_t fp_lb_num_localities(const fp_lb_t *lb);
+double fp_lb_locality_effective_weight(const fp_lb_t *lb, uint32_t locality);
 /* Whether `priority` picks through an EDF schedule (unequal weights) rather than unweighted. */
 int fp_lb_priority_weighted(const fp_lb_t *lb, uint32_t priority);
 

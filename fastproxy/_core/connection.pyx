@@ -331,7 +331,7 @@ cdef class ClusterRuntime:
         loop = self.worker.loop
         family = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}.get(
             m.dns_lookup_family, socket.AF_UNSPEC)
-        hosts, weights, priorities = [], [], []
+        hosts, weights, priorities, localities = [], [], [], []
         for e in m.endpoints:
             try:
                 infos = await loop.getaddrinfo(e.address.address, e.address.port, family=family,
@@ -355,11 +355,12 @@ cdef class ClusterRuntime:
                 hosts.append(a)
                 weights.append(e.weight)
                 priorities.append(e.priority)
+                localities.append(getattr(e, "locality_index", 0))
             if m.type == "LOGICAL_DNS":
                 break
-        self.set_hosts(hosts, weights, priorities)
+        self.set_hosts(hosts, weights, priorities, localities)
 
-    def set_hosts(self, list hosts, list weights, list priorities):
+    def set_hosts(self, list hosts, list weights, list priorities, list localities=None):
         """Install a new host set (start-up, DNS refresh); idle connections to gone hosts close."""
         cdef list old_idle = self.idle
         old_hosts = self.hosts
@@ -386,6 +387,8 @@ cdef class ClusterRuntime:
             opts = dict(self.model_lb_options())
             if self.model.type != "STATIC":
                 opts["host_keys"] = list(self.host_authority)  # hash keys as Envoy forms them
+                if localities is not None and "locality_weights" in opts:
+                    opts["localities"] = localities  # per resolved host (locality weighted lb)
             # the old balancer hands over when each host joined (slow_start_config)
             self.lb = _LoadBalancer(self.model.lb_policy, weights, priorities,
                                     self.worker.random(), previous=self.lb,

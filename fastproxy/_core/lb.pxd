@@ -26,6 +26,7 @@ cdef extern from "fp_lb.h" nogil:
         FP_LB_ERING
         FP_LB_ETABLE
         FP_LB_EKEYS
+        FP_LB_ELOCALITY
         FP_LB_MAX_PRIORITY
 
     ctypedef struct fp_lb_config_t:
@@ -48,6 +49,9 @@ cdef extern from "fp_lb.h" nogil:
         const double *host_start
         double now
         int manual_clock
+        const uint32_t *host_locality
+        const uint32_t *locality_weights
+        uint32_t num_localities
 
     void fp_lb_config_init(fp_lb_config_t *config, int policy, uint64_t seed)
     fp_lb_t *fp_lb_new(const fp_lb_config_t *config, uint32_t num_hosts, const uint32_t *weights,
@@ -72,6 +76,8 @@ cdef extern from "fp_lb.h" nogil:
     uint32_t fp_lb_priority_load(const fp_lb_t *lb, uint32_t priority)
     int fp_lb_priority_panic(const fp_lb_t *lb, uint32_t priority)
     int fp_lb_priority_weighted(const fp_lb_t *lb, uint32_t priority)
+    uint32_t fp_lb_num_localities(const fp_lb_t *lb)
+    double fp_lb_locality_effective_weight(const fp_lb_t *lb, uint32_t locality)
 
 cdef extern from "fp_hash_lb.h" nogil:
     enum:

@@ -28,6 +28,7 @@ _ERRORS = {
     FP_LB_ERING: "ring hash: minimum_ring_size is above maximum_ring_size",
     FP_LB_ETABLE: "The table size of maglev must be prime number",
     FP_LB_EKEYS: "a hashing load balancer needs host keys",
+    FP_LB_ELOCALITY: "a locality index is out of range or spans priorities",
 }
 
 
@@ -65,6 +66,13 @@ cdef class LoadBalancer:
     clock) -- hosts present when the first balancer is built start their window with it, as
     Envoy's do. `manual_clock` stops picks from reading the clock: time then moves only through
     refresh_slow_start(now) (tests).
+
+    Locality weighted balancing (Envoy's `locality_weighted_lb_config`; ROUND_ROBIN,
+    LEAST_REQUEST and RANDOM, ignored by RING_HASH and MAGLEV): `localities[i]` is host i's
+    locality index and `locality_weights[l]` locality l's weight (0: no traffic); the hosts of a
+    locality share one priority. A pick chooses the priority level as usual; unless the level is
+    in panic it then chooses a locality by EDF over weight * min(1, overprovisioning_factor / 100
+    * healthy / hosts of the locality), and then a host of the locality with the policy.
     """
 
     def __cinit__(self, str policy, weights, priorities, uint64_t seed, uint32_t choice_count=2,
@@ -78,7 +86,8 @@ cdef class LoadBalancer:
                   host_keys=None,
                   double slow_start_window=0.0, double slow_start_aggression=1.0,
                   double slow_start_min_weight_percent=10.0, added_at=None, host_ids=None,
-                  LoadBalancer previous=None, now=None, bint manual_clock=False):
+                  LoadBalancer previous=None, now=None, bint manual_clock=False,
+                  localities=None, locality_weights=None):
         cdef fp_lb_config_t config
         cdef uint32_t *w = NULL
         cdef uint32_t *p = NULL
@@ -88,6 +97,9 @@ cdef class LoadBalancer:
         cdef uint32_t *key_lens = NULL
         cdef list keys = None
         cdef double *starts = NULL
+        cdef uint32_t *locs = NULL
+        cdef uint32_t *loc_weights = NULL
+        cdef Py_ssize_t num_locs = 0
         cdef double t_now
         cdef dict known
         self.lb = NULL
@@ -171,6 +183,27 @@ cdef class LoadBalancer:
             config.manual_clock = manual_clock
             if host_ids is not None:
                 self.host_ids = list(host_ids)
+        if localities is not None:
+            if locality_weights is None:
+                locality_weights = [1] * (max(localities) + 1 if n else 0)
+            num_locs = len(locality_weights)
+            if len(localities) != n:
+                free(key_ptrs)
+                free(key_lens)
+                free(starts)
+                raise ValueError("localities and weights must have the same length")
+            for i in range(num_locs):
+                if not 0 <= locality_weights[i] <= 0xFFFFFFFF:
+                    free(key_ptrs)
+                    free(key_lens)
+                    free(starts)
+                    raise ValueError(f"locality {i}: weight must be within 0..4294967295")
+            for i in range(n):
+                if not 0 <= localities[i] < num_locs:
+                    free(key_ptrs)
+                    free(key_lens)
+                    free(starts)
+                    raise ValueError(f"host {i}: locality index {localities[i]} out of range")
         w = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         p = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
         try:
@@ -179,10 +212,24 @@ cdef class LoadBalancer:
             for i in range(n):
                 w[i] = weights[i]
                 p[i] = priorities[i]
+            if localities is not None and num_locs > 0:
+                locs = <uint32_t *>malloc((n + 1) * sizeof(uint32_t))
+                loc_weights = <uint32_t *>malloc((num_locs + 1) * sizeof(uint32_t))
+                if locs == NULL or loc_weights == NULL:
+                    raise MemoryError()
+                for i in range(n):
+                    locs[i] = localities[i]
+                for i in range(num_locs):
+                    loc_weights[i] = locality_weights[i]
+                config.host_locality = locs
+                config.locality_weights = loc_weights
+                config.num_localities = <uint32_t>num_locs
             self.lb = fp_lb_new(&config, <uint32_t>n, w, p, &err)
         finally:
             free(w)
             free(p)
+            free(locs)
+            free(loc_weights)
             free(key_ptrs)
             free(key_lens)
             free(starts)
@@ -292,6 +339,17 @@ cdef class LoadBalancer:
         """Per priority level: whether it picks from all its hosts because too few are healthy."""
         return [bool(fp_lb_priority_panic(self.lb, p))
                 for p in range(fp_lb_num_priorities(self.lb))]
+
+    @property
+    def num_localities(self):
+        """The number of localities (0 without locality weighted balancing)."""
+        return fp_lb_num_localities(self.lb)
+
+    def locality_weights(self):
+        """Per locality: the effective weight it is scheduled with now (its weight times its
+        availability; 0 when it gets no traffic or its level is in panic)."""
+        return [fp_lb_locality_effective_weight(self.lb, l)
+                for l in range(fp_lb_num_localities(self.lb))]
 
     def priority_weighted(self):
         """Per priority level: whether picks go through an EDF schedule."""

@@ -236,7 +236,9 @@ def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
                            f"malformed IP address: {addr.address}. Consider setting resolver_name "
                            "or setting cluster type to 'STRICT_DNS' or 'LOGICAL_DNS'")
             out.endpoints.append(model.Endpoint(
-                addr, wrapped(lbe, "load_balancing_weight", 1), lle.priority))
+                addr, wrapped(lbe, "load_balancing_weight", 1), lle.priority,
+                (lle.locality.region, lle.locality.zone, lle.locality.sub_zone),
+                wrapped(lle, "load_balancing_weight", 0)))
     if ctype == "LOGICAL_DNS" and (len(la.endpoints) != 1 or n_hosts != 1):
         errors.add(lpath, "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a "
                           "single lb_endpoint")

@@ -2,7 +2,7 @@
 
 `lb_options(cl, cluster, path, errors)` turns a Cluster's lb_policy companions
 (ring_hash_lb_config, maglev_lb_config, least_request_lb_config, round_robin_lb_config and their
-slow_start_config, common_lb_config.healthy_panic_threshold,
+slow_start_config, common_lb_config.healthy_panic_threshold and locality_weighted_lb_config,
 load_assignment.policy.overprovisioning_factor) into the keyword arguments of the core's
 `LoadBalancer`; `hash_policies(ra, path, errors)` turns a RouteAction's hash_policy list into
 `model.HashPolicy` items. Values are checked as Envoy checks them when it builds the cluster;
@@ -10,6 +10,7 @@ fields not listed in `support.SUPPORTED` never get here.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from . import model
@@ -53,6 +54,25 @@ def host_key(address: model.SocketAddress) -> str:
     return f"{address.address}:{address.port}"
 
 
+def localities(endpoints: list[model.Endpoint]) -> tuple[list[int], list[int]]:
+    """Locality weighted balancing: (per endpoint, its locality index; per locality, its weight).
+
+    A locality is a (region, zone, sub_zone) within one priority: LocalityLbEndpoints entries
+    naming the same locality at the same priority are one locality, as in Envoy, whose weight is
+    the last one set (0 when none is: it then gets no traffic). Localities are numbered in
+    (priority, region, zone, sub_zone) order, the order Envoy keeps them in."""
+    keys = sorted({(e.priority,) + tuple(e.locality) for e in endpoints})
+    index = {k: i for i, k in enumerate(keys)}
+    weights = [0] * len(keys)
+    ids = []
+    for e in endpoints:
+        i = index[(e.priority,) + tuple(e.locality)]
+        ids.append(i)
+        if e.locality_weight:
+            weights[i] = e.locality_weight
+    return ids, weights
+
+
 def lb_options(cl, cluster: model.Cluster, path: str, errors: Errors) -> dict:
     """LoadBalancer keyword arguments for the compiled `cluster` (its endpoints already filled)."""
     opts: dict = {}
@@ -62,6 +82,20 @@ def lb_options(cl, cluster: model.Cluster, path: str, errors: Errors) -> dict:
         # Envoy rounds the percentage to an integer (PROTOBUF_PERCENT_TO_ROUNDED_INTEGER).
         opts["healthy_panic_threshold"] = float(math.floor(common.healthy_panic_threshold.value
                                                            + 0.5))
+    if common.HasField("locality_weighted_lb_config"):
+        if policy in HASHING_POLICIES:
+            # Envoy scales the hashing tables' host weights by locality weight; not done here.
+            errors.add(join(join(path, "common_lb_config"), "locality_weighted_lb_config"),
+                       f"not supported with lb_policy {policy}")
+        else:
+            ids, weights = localities(cluster.endpoints)
+            cluster.endpoints[:] = [dataclasses.replace(e, locality_index=i)
+                                    for e, i in zip(cluster.endpoints, ids)]
+            opts["locality_weights"] = weights
+            if cluster.type == "STATIC":
+                # STATIC hosts are the endpoints, in order; DNS clusters pass the localities of
+                # their resolved hosts (Endpoint.locality_index) when they build the balancer.
+                opts["localities"] = ids
     policy_cfg = cl.load_assignment.policy
     if cl.load_assignment.HasField("policy") and policy_cfg.HasField("overprovisioning_factor"):
         opts["overprovisioning_factor"] = policy_cfg.overprovisioning_factor.value

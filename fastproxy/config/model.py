@@ -234,6 +234,9 @@ class Endpoint:
     address: SocketAddress  # for DNS clusters, address is the hostname to resolve
     weight: int = 1  # load_balancing_weight
     priority: int = 0
+    locality: tuple = ("", "", "")  # LocalityLbEndpoints.locality: (region, zone, sub_zone)
+    locality_weight: int = 0  # LocalityLbEndpoints.load_balancing_weight (0: not set)
+    locality_index: int = 0  # its locality among the cluster's (config.lb_config.localities)
 
 
 @dataclass(frozen=True)

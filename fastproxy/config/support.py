@@ -152,7 +152,10 @@ SUPPORTED: dict[str, set[str]] = {
     "envoy.config.cluster.v3.Cluster.SlowStartConfig": {
         "slow_start_window", "aggression", "min_weight_percent",
     },
-    "envoy.config.cluster.v3.Cluster.CommonLbConfig": {"healthy_panic_threshold"},
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig": {
+        "healthy_panic_threshold", "locality_weighted_lb_config",
+    },
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig": set(),
     "envoy.type.v3.Percent": {"value"},
     _CORE + "RuntimeDouble": {"default_value", "runtime_key"},
     "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": {"overprovisioning_factor"},
@@ -165,7 +168,10 @@ SUPPORTED: dict[str, set[str]] = {
         "budget_percent", "min_retry_concurrency",
     },
     "envoy.config.endpoint.v3.ClusterLoadAssignment": {"cluster_name", "endpoints", "policy"},
-    "envoy.config.endpoint.v3.LocalityLbEndpoints": {"lb_endpoints", "priority"},
+    "envoy.config.endpoint.v3.LocalityLbEndpoints": {
+        "lb_endpoints", "priority", "locality", "load_balancing_weight",
+    },
+    _CORE + "Locality": {"region", "zone", "sub_zone"},
     "envoy.config.endpoint.v3.LbEndpoint": {"endpoint", "load_balancing_weight"},
     "envoy.config.endpoint.v3.Endpoint": {"address"},
     "envoy.config.cluster.v3.UpstreamConnectionOptions": {"tcp_keepalive"},

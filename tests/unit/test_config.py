@@ -492,8 +492,8 @@ def test_envoy_validation_rules(mutate, expected):
      VH_PATH + ".routes[0].request_headers_to_add[0]: "
                "Both append and append_action are set and it's not allowed"),
     (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0].update(
-        locality={"zone": "a"}),
-     "static_resources.clusters[0].load_assignment.endpoints[0].locality: not supported"),
+        proximity=1),
+     "static_resources.clusters[0].load_assignment.endpoints[0].proximity: not supported"),
     (lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
      ["lb_endpoints"][0]["endpoint"]["address"]["socket_address"].update(address="localhost"),
      "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address."

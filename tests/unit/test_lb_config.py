@@ -123,8 +123,10 @@ def test_slow_start_config_of_another_policy_is_ignored():
     ({"lb_policy": "RING_HASH",
       "common_lb_config": {"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}},
      CL + ".common_lb_config.consistent_hashing_lb_config: not supported"),
-    ({"common_lb_config": {"locality_weighted_lb_config": {}}},
-     CL + ".common_lb_config.locality_weighted_lb_config: not supported"),
+    ({"lb_policy": "RING_HASH", "common_lb_config": {"locality_weighted_lb_config": {}}},
+     CL + ".common_lb_config.locality_weighted_lb_config: not supported with lb_policy RING_HASH"),
+    ({"common_lb_config": {"zone_aware_lb_config": {}}},
+     CL + ".common_lb_config.zone_aware_lb_config: not supported"),
     ({"lb_policy": "CLUSTER_PROVIDED"}, CL + ".lb_policy: CLUSTER_PROVIDED not supported"),
 ])
 def test_refused(extra, error):
