@@ -1994,6 +1994,9 @@ cdef class UpstreamConnection:
             v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
         else:
             v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
+        # Every connection that goes away frees its place (max_connections, the per-host
+        # count), whether or not a request was on it.
+        c.connection_closed(self)
         if s is None:
             return
         if self.state == U_TUNNEL:
@@ -2006,7 +2009,6 @@ cdef class UpstreamConnection:
             self.keep_alive = False
             self._finish_body_eof()
             return
-        c.connection_closed(self)
         if not was_closed:
             v[c.base + CLUSTER_UPSTREAM_RQ_RX_RESET] += 1
             if c.state is not None and s is not None:
