@@ -704,21 +704,13 @@ cdef bint is_hop_by_hop(const phr_header *headers, size_t num_headers, size_t i,
     cdef const phr_header *h = &headers[i]
     cdef const char *name = h.name
     cdef size_t n = h.name_len, k
-    if name == NULL:
+    if is_hop_by_hop_name(h, keep_upgrade):
         return True
-    if n == 10 and name_eq(name, n, "connection", 10):
-        return True
-    if n == 10 and name_eq(name, n, "keep-alive", 10):
-        return True
-    if n == 16 and name_eq(name, n, "proxy-connection", 16):
-        return True
-    if n == 17 and name_eq(name, n, "transfer-encoding", 17):
-        return True
-    if n == 7 and name_eq(name, n, "upgrade", 7):
-        return not keep_upgrade
-    if n == 2 and name_eq(name, n, "te", 2):
-        return not name_eq(h.value, h.value_len, "trailers", 8)
-    # Any header the Connection header names.
+    # A kept Upgrade (tunnelling) and "TE: trailers" stay even though the Connection header names
+    # them ("Connection: upgrade", "Connection: te"): that is what naming them is for.
+    if (n == 7 and name_eq(name, n, "upgrade", 7)) or (n == 2 and name_eq(name, n, "te", 2)):
+        return False
+    # Any other header the Connection header names.
     for k in range(num_headers):
         if k != i and name_eq(headers[k].name, headers[k].name_len, "connection", 10):
             if _has_token_ci(headers[k].value, headers[k].value_len, name, n):
