@@ -8,15 +8,39 @@
 #ifndef FP_SHARED_H
 #define FP_SHARED_H
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Monotonic nanoseconds; CLOCK_MONOTONIC is system-wide, so all processes agree on it. */
 static inline int64_t fp_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Map a shared block created by the main process, read-write, whole.  Returns NULL (and leaves
+ * *size alone) when it cannot be opened or is shorter than min_size. */
+static inline void *fp_shared_map(const char *path, size_t min_size, size_t *size) {
+    struct stat st;
+    void *m;
+    int fd = open(path, O_RDWR);
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size < min_size) {
+        close(fd);
+        return NULL;
+    }
+    m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return NULL;
+    *size = (size_t)st.st_size;
+    return m;
 }
 
 static inline int64_t fp_load(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }

@@ -10,38 +10,18 @@ from cffi import FFI
 
 ffibuilder = FFI()
 
-ffibuilder.cdef(
-    """
-    struct phr_header {
-        const char *name;
-        size_t name_len;
-        const char *value;
-        size_t value_len;
-    };
-
-    int phr_parse_request(const char *buf, size_t len, const char **method, size_t *method_len,
-                          const char **path, size_t *path_len, int *minor_version,
-                          struct phr_header *headers, size_t *num_headers, size_t last_len);
-
-    int phr_parse_response(const char *_buf, size_t len, int *minor_version, int *status,
-                           const char **msg, size_t *msg_len, struct phr_header *headers,
-                           size_t *num_headers, size_t last_len);
-
-    int phr_parse_headers(const char *buf, size_t len, struct phr_header *headers,
-                          size_t *num_headers, size_t last_len);
-
-    struct phr_chunked_decoder {
-        size_t bytes_left_in_chunk;
-        char consume_trailer;
-        ...;
-    };
-
-    ssize_t phr_decode_chunked(struct phr_chunked_decoder *decoder, char *buf, size_t *bufsz);
-    int phr_decode_chunked_is_in_data(struct phr_chunked_decoder *decoder);
-    """
-)
-
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_HEADER = os.path.join(_ROOT, "csrc", "fp_picohttpparser.h")
+
+
+def _declarations(path: str) -> str:
+    """The header's declarations without its preprocessor lines (cffi's cdef takes plain C)."""
+    with open(path) as f:
+        return "".join(line for line in f if not line.lstrip().startswith("#"))
+
+
+# One declaration of picohttpparser's API for the whole project: csrc/fp_picohttpparser.h.
+ffibuilder.cdef(_declarations(_HEADER))
 
 ffibuilder.set_source(
     "fastproxy._picohttp",

@@ -12,11 +12,9 @@ workers (see `bench_request_pair`).
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
-from posix.fcntl cimport open as c_open, O_RDWR
-from posix.unistd cimport close as c_close
-from posix.stat cimport struct_stat, fstat
 
 from fastproxy._core.includes.fp_shared cimport (
+    fp_shared_map,
     fp_add, fp_load, fp_now_ns, fp_release, fp_try_acquire,
 )
 
@@ -68,24 +66,6 @@ cdef class CircuitBreakers:
         pass
 
 
-cdef void *_map(str path, size_t *size) noexcept:
-    cdef bytes bpath = path.encode()
-    cdef int fd = c_open(bpath, O_RDWR)
-    cdef struct_stat st
-    cdef void *m
-    if fd < 0:
-        return NULL
-    if fstat(fd, &st) != 0 or st.st_size < HDR:
-        c_close(fd)
-        return NULL
-    m = mmap(NULL, <size_t>st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-    c_close(fd)
-    if m == MAP_FAILED:
-        return NULL
-    size[0] = <size_t>st.st_size
-    return m
-
-
 cdef class SharedCircuitBreakers(CircuitBreakers):
     def __cinit__(self):
         self.mapping = NULL
@@ -112,7 +92,8 @@ cdef class SharedCircuitBreakers(CircuitBreakers):
         self.shared = False
         if block_path is None or cfg.slot < 0:
             return
-        self.mapping = _map(block_path, &size)
+        path = block_path.encode()
+        self.mapping = fp_shared_map(path, HDR, &size)
         if self.mapping == NULL:
             return
         self.mapping_size = size
@@ -236,7 +217,8 @@ def subtract_worker_counts(str block_path, int worker_index):
     """Give back to the totals what worker `worker_index` held, and zero its part (main process,
     when that worker is gone)."""
     cdef size_t size = 0
-    cdef void *m = _map(block_path, &size)
+    cdef bytes path = block_path.encode()
+    cdef void *m = fp_shared_map(path, HDR, &size)
     cdef block_header *h
     cdef char *base
     cdef int64_t *tot

@@ -177,19 +177,7 @@ cdef bint _is_ows(char c) noexcept nogil:
 
 cdef bint _has_token(const char *v, size_t n, const char *tok, size_t tok_len) noexcept nogil:
     """Whether the comma-separated list v[0:n] holds tok (lower-case), case-insensitively."""
-    cdef size_t i = 0, start, end
-    while i < n:
-        while i < n and (_is_ows(v[i]) or v[i] == b','):
-            i += 1
-        start = i
-        while i < n and v[i] != b',':
-            i += 1
-        end = i
-        while end > start and _is_ows(v[end - 1]):
-            end -= 1
-        if name_eq(v + start, end - start, tok, tok_len):
-            return True
-    return False
+    return _has_token_ci(v, n, tok, tok_len)
 
 
 cdef bint _method_known(const char *m, size_t n) noexcept nogil:

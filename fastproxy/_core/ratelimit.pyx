@@ -23,13 +23,11 @@ from libc.math cimport ceil
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
-from posix.fcntl cimport open as c_open, O_RDWR
-from posix.unistd cimport close as c_close
-from posix.stat cimport struct_stat, fstat
 
 from fastproxy._core.http1 cimport RequestHead, find_header
 from fastproxy._core.router cimport RouteDecision, RouteEntry, ACTION_ROUTE
 from fastproxy._core.includes.fp_shared cimport (
+    fp_shared_map,
     fp_bucket_consume, fp_bucket_remaining, fp_bucket_tokens, fp_load, fp_now_ns,
 )
 
@@ -180,24 +178,6 @@ cdef class LocalRateLimit:
         return [self.counters[i] for i in range(_limits.RL_COUNTERS)]
 
 
-cdef void *_map(str path, size_t *size) noexcept:
-    cdef bytes bpath = path.encode()
-    cdef int fd = c_open(bpath, O_RDWR)
-    cdef struct_stat st
-    cdef void *m
-    if fd < 0:
-        return NULL
-    if fstat(fd, &st) != 0 or st.st_size < HDR:
-        c_close(fd)
-        return NULL
-    m = mmap(NULL, <size_t>st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-    c_close(fd)
-    if m == MAP_FAILED:
-        return NULL
-    size[0] = <size_t>st.st_size
-    return m
-
-
 cdef class LocalRateLimitFilters(RequestFilters):
     def __cinit__(self):
         self.mapping = NULL
@@ -248,7 +228,8 @@ cdef class LocalRateLimitFilters(RequestFilters):
         cdef uint64_t nb, np_, nw, bucket, counters
         cdef LocalRateLimit lim
         cdef DescriptorBucket db
-        self.mapping = _map(block_path, &size)
+        path = block_path.encode()
+        self.mapping = fp_shared_map(path, HDR, &size)
         if self.mapping == NULL:
             return
         self.mapping_size = size

@@ -2,6 +2,7 @@
 from libc.stdint cimport int64_t
 
 cdef extern from "fp_shared.h" nogil:
+    void *fp_shared_map(const char *path, size_t min_size, size_t *size)
     int64_t fp_now_ns()
     int64_t fp_load(const int64_t *p)
     void fp_store(int64_t *p, int64_t v)
