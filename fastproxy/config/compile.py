@@ -1,7 +1,7 @@
 """Compiling a parsed (and support-checked) Bootstrap into `model.Bootstrap`.
 
 Applies Envoy's defaults, checks the value-level limits of this release (which enum values, one
-filter chain, router as the only HTTP filter, ...) and the cross-references Envoy checks for static
+filter chain, which HTTP filters, ...) and the cross-references Envoy checks for static
 configs (unknown clusters, duplicate names and addresses).  Problems are added to `errors` with the
 path of the offending field; compiling goes on so that every problem is reported.
 """
@@ -9,19 +9,27 @@ from __future__ import annotations
 
 from typing import Optional
 
+from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from . import access_log, circuit_breakers, local_ratelimit, model
 from .common import enum_name, is_ip, opt_duration_ms, socket_address, wrapped
 from . import lb_config
 from .errors import Errors, join
 from .health import compile_health
+from .loader import snake
 from .routes import ClusterRefs, route_configuration
 from .support import unpack_any
 
 _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _ROUTER = router_pb2.Router.DESCRIPTOR.full_name
+_GRPC_WEB = grpc_web_pb2.GrpcWeb.DESCRIPTOR.full_name
+_GRPC_WEB_FILTER = "envoy.filters.http.grpc_web"
+# The one typed_extension_protocol_options key (and type) of a cluster
+_UPSTREAM_HTTP = http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR.full_name
+_UPSTREAM_IDLE_TIMEOUT_MS = 3_600_000  # Envoy's default for upstream connections: 1 h
 _CODECS = {"AUTO", "HTTP1", "HTTP2"}
 _CLUSTER_TYPES = {"STATIC", "STRICT_DNS", "LOGICAL_DNS"}
 _LB_POLICIES = lb_config.LB_POLICIES
@@ -129,11 +137,14 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
     codec = enum_name(h, "codec_type")
     if codec not in _CODECS:
         errors.add(join(path, "codec_type"), f"{codec} not supported")
-    rl_name, rl = _http_filters(h, join(path, "http_filters"), errors)
+    rl_name, rl, grpc_web = _http_filters(h, join(path, "http_filters"), errors)
     rc = route_configuration(h.route_config, join(path, "route_config"), errors, refs)
     if not h.HasField("route_config"):
         return None  # reported by the validation rules
     cpo = h.common_http_protocol_options
+    if cpo.HasField("max_requests_per_connection"):  # supported for clusters only
+        errors.add(join(path, "common_http_protocol_options.max_requests_per_connection"),
+                   "not supported")
     return model.HttpConnectionManager(
         stat_prefix=h.stat_prefix,
         route_config=rc,
@@ -152,15 +163,37 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
         local_ratelimit=rl,
         local_ratelimit_name=rl_name,
         access_logs=access_log.compile_access_logs(h, join(path, "access_log"), errors),
+        http2=http2_options(h.http2_protocol_options),
+        grpc_web=grpc_web,
+        enable_trailers=h.http_protocol_options.enable_trailers,
     )
 
 
+def http2_options(msg) -> model.Http2Options:
+    """core.v3.Http2ProtocolOptions -> Http2Options (Envoy's defaults for unset fields; the
+    ranges are Envoy's validation rules, checked by the support walk)."""
+    d = model.Http2Options()
+    names = ("max_concurrent_streams", "initial_stream_window_size",
+             "initial_connection_window_size", "max_outbound_frames", "max_outbound_control_frames",
+             "max_consecutive_inbound_frames_with_empty_payload",
+             "max_inbound_priority_frames_per_stream",
+             "max_inbound_window_update_frames_per_data_frame_sent")
+    kw = {name: wrapped(msg, name, getattr(d, name)) for name in names}
+    if msg.HasField("connection_keepalive"):
+        ka = msg.connection_keepalive
+        kw["keepalive_interval_ms"] = opt_duration_ms(ka, "interval", 0)
+        kw["keepalive_timeout_ms"] = opt_duration_ms(ka, "timeout", 0)  # required by Envoy
+    return model.Http2Options(allow_connect=msg.allow_connect, **kw)
+
+
 def _http_filters(h, path: str, errors: Errors):
-    """http_filters: an optional local rate limit filter, then the router, which must come last
-    (or no filters at all, as Envoy allows).  Returns (name, LocalRateLimit) of the rate limit
-    filter, or ("", None)."""
+    """http_filters: optional local rate limit and gRPC-Web filters (at most one of each, in any
+    order), then the router, which must come last (or no filters at all, as Envoy allows).
+    Returns (name, LocalRateLimit) of the rate limit filter, or ("", None), and whether there is a
+    gRPC-Web filter."""
     filters = h.http_filters
     found = ("", None)
+    grpc_web = False
     for i, flt in enumerate(filters):
         tpath = f"{path}[{i}].typed_config"
         if not flt.HasField("typed_config"):
@@ -186,9 +219,17 @@ def _http_filters(h, path: str, errors: Errors):
                 errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
                                            f"{local_ratelimit.FILTER_NAME} is the last filter in "
                                            "a http filter chain.")
+        elif kind == _GRPC_WEB:
+            if grpc_web:
+                errors.add(f"{path}[{i}]", "only one gRPC-Web filter is supported")
+            grpc_web = True
+            if last:
+                errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
+                                           f"{_GRPC_WEB_FILTER} is the last filter in a http "
+                                           "filter chain.")
         else:
             errors.add(tpath, f"type {kind} not supported as an HTTP filter")
-    return found
+    return found[0], found[1], grpc_web
 
 
 def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
@@ -244,6 +285,50 @@ def _cluster(cl, path: str, errors: Errors) -> model.Cluster:
                           "single lb_endpoint")
     out.lb_options = lb_config.lb_options(cl, out, path, errors)
     compile_health(cl, out, path, errors)
+    _upstream_protocol(cl, out, path, errors)
     return out
+
+
+def _upstream_protocol(cl, out: model.Cluster, path: str, errors: Errors) -> None:
+    """typed_extension_protocol_options (only envoy.extensions.upstreams.http.v3.
+    HttpProtocolOptions: explicit HTTP/1.1 or HTTP/2, idle_timeout, max_requests_per_connection)
+    and the Cluster's deprecated max_requests_per_connection."""
+    opath = join(path, "typed_extension_protocol_options")
+    mrpc_path = None
+    for key in sorted(cl.typed_extension_protocol_options):
+        kpath = f"{opath}.{snake(key)}"  # as the support walk writes map entries
+        inner = unpack_any(cl.typed_extension_protocol_options[key])
+        if inner is None:
+            continue  # reported by the support walk
+        kind = inner.DESCRIPTOR.full_name
+        if key != _UPSTREAM_HTTP:
+            errors.add(kpath, f"protocol options for '{key}' not supported (only {_UPSTREAM_HTTP})")
+            continue
+        if kind != _UPSTREAM_HTTP:
+            errors.add(kpath, f"type {kind} not supported as {_UPSTREAM_HTTP}")
+            continue
+        if inner.WhichOneof("upstream_protocol_options") == "explicit_http_config":
+            ehc = inner.explicit_http_config
+            if ehc.WhichOneof("protocol_config") == "http2_protocol_options":
+                out.http2 = http2_options(ehc.http2_protocol_options)
+            elif ehc.http_protocol_options.enable_trailers:
+                errors.add(join(kpath, "explicit_http_config.http_protocol_options.enable_trailers"),
+                           "not supported")
+        cpo = inner.common_http_protocol_options
+        cpath = join(kpath, "common_http_protocol_options")
+        if cpo.HasField("max_stream_duration"):  # supported for connection managers only
+            errors.add(join(cpath, "max_stream_duration"), "not supported")
+        out.upstream_idle_timeout_ms = opt_duration_ms(cpo, "idle_timeout",
+                                                       _UPSTREAM_IDLE_TIMEOUT_MS)
+        if cpo.HasField("max_requests_per_connection"):
+            out.max_requests_per_connection = cpo.max_requests_per_connection.value
+            mrpc_path = join(cpath, "max_requests_per_connection")
+    if cl.HasField("max_requests_per_connection"):  # deprecated, still accepted by Envoy 1.40
+        if mrpc_path is not None:
+            errors.add(join(path, "max_requests_per_connection"),
+                       "Only one of max_requests_per_connection from Cluster or "
+                       "HttpProtocolOptions can be specified")
+        else:
+            out.max_requests_per_connection = cl.max_requests_per_connection.value
 
 

@@ -19,6 +19,8 @@ from google.protobuf import empty_pb2  # noqa: F401  (registers the placeholder 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
+from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
@@ -34,7 +36,11 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 
 def snake(key: str) -> str:
-    """The proto field name for a JSON key (json_format accepts both spellings)."""
+    """The proto field name for a JSON key (json_format accepts both spellings).  A key with a dot
+    is a map key (a filter or extension name such as "envoy.extensions.upstreams.http.v3.
+    HttpProtocolOptions"; field names have no dots): it is kept as written."""
+    if "." in key:
+        return key
     return _CAMEL.sub(lambda m: "_" + m.group(1).lower(), key)
 
 

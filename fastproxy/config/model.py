@@ -117,6 +117,7 @@ class RetryPolicy:
     host_selection_retry_max_attempts: int = 1
     retriable_status_codes: tuple = ()
     retriable_headers: list = field(default_factory=list)  # HeaderMatcher on the response
+    grpc_statuses: frozenset = frozenset()  # grpc-status values of the gRPC retry_on conditions
     hedge_on_per_try_timeout: bool = False  # the virtual host's hedge_policy
 
 
@@ -130,6 +131,24 @@ class HashPolicy:
     ttl_s: Optional[int] = None  # cookie: generate one when absent (ttl set; 0 = session)
     path: str = ""  # cookie: Path of a generated cookie
     attributes: tuple = ()  # cookie: ((name, value), ...) of a generated cookie
+
+
+@dataclass(frozen=True)
+class Http2Options:
+    """core.v3.Http2ProtocolOptions (the connection manager's http2_protocol_options, or a
+    cluster's explicit_http_config.http2_protocol_options); every default is Envoy's."""
+
+    max_concurrent_streams: int = 2147483647
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
+    allow_connect: bool = False
+    keepalive_interval_ms: int = 0   # connection_keepalive.interval; 0 = no keepalive PINGs
+    keepalive_timeout_ms: int = 0    # connection_keepalive.timeout
 
 
 @dataclass
@@ -147,6 +166,15 @@ class RouteAction:
     priority: int = 0  # RoutingPriority: 0 DEFAULT, 1 HIGH (the circuit breakers' thresholds)
     idle_timeout_ms: Optional[int] = None  # route idle_timeout: overrides stream_idle_timeout
     max_stream_duration_ms: Optional[int] = None  # max_stream_duration.max_stream_duration
+    # The grpc-timeout request header: None = not honoured; 0 = honoured without a cap; > 0 = capped
+    # to that.  From max_stream_duration.grpc_timeout_header_max/_offset when the route sets
+    # max_stream_duration (Envoy then ignores the deprecated fields), else from max_grpc_timeout /
+    # grpc_timeout_offset.  The offset is 0 when grpc_timeout_max_ms is None.
+    grpc_timeout_max_ms: Optional[int] = None
+    grpc_timeout_offset_ms: int = 0
+    # The route sets max_stream_duration (Envoy's "new timeouts"): the route timeout is unset,
+    # and the grpc-timeout header (grpc_timeout_max_ms) bounds the stream's duration instead.
+    new_timeouts: bool = False
     hash_policy: list[HashPolicy] = field(default_factory=list)  # for RING_HASH / MAGLEV
     # rate_limits: per entry, its actions (config.local_ratelimit.RateLimitAction)
     rate_limits: list = field(default_factory=list)
@@ -203,7 +231,7 @@ class RouteConfiguration:
 class HttpConnectionManager:
     stat_prefix: str
     route_config: RouteConfiguration
-    codec_type: str = "AUTO"  # AUTO or HTTP1 in this release
+    codec_type: str = "AUTO"  # AUTO, HTTP1 or HTTP2
     idle_timeout_ms: int = 3_600_000  # common_http_protocol_options.idle_timeout (1 h)
     max_request_headers_kb: int = 60
     stream_idle_timeout_ms: int = 300_000  # 5 min
@@ -219,6 +247,11 @@ class HttpConnectionManager:
     local_ratelimit_name: str = ""  # its name in http_filters (the typed_per_filter_config key)
     # access_log entries (config.access_log.AccessLogConfig: kind, path, format)
     access_logs: list = field(default_factory=list)
+    http2: Http2Options = field(default_factory=Http2Options)  # http2_protocol_options
+    # http_protocol_options.enable_trailers: HTTP/1.1 clients get the trailers of a chunked
+    # response (Envoy drops them by default)
+    enable_trailers: bool = False
+    grpc_web: bool = False  # envoy.filters.http.grpc_web in http_filters
 
 
 @dataclass
@@ -265,6 +298,13 @@ class Cluster:
     # config.health: [HealthCheck] (at most one) and OutlierDetection, when configured
     health_checks: list = field(default_factory=list)
     outlier_detection: Optional[object] = None
+    # typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]:
+    # explicit_http_config.http2_protocol_options (None: HTTP/1.1 upstream) and
+    # common_http_protocol_options.max_requests_per_connection (0 = unlimited; or the Cluster's
+    # deprecated max_requests_per_connection) and idle_timeout (1 h; 0 = disabled)
+    http2: Optional[Http2Options] = None
+    max_requests_per_connection: int = 0
+    upstream_idle_timeout_ms: int = 3_600_000
 
 
 @dataclass

@@ -12,11 +12,16 @@ from .common import duration_ms, wrapped
 from .errors import Errors, join
 from .headers import header_matcher
 
-# retry_on conditions this release implements (HTTP/1; the gRPC ones arrive with HTTP/2)
+# gRPC retry_on conditions: the grpc-status of a trailers-only answer
+GRPC_RETRY_ON = {
+    "cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13,
+    "unavailable": 14,
+}
+# retry_on conditions this release implements
 RETRY_ON = {
     "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-4xx",
     "refused-stream", "retriable-status-codes", "retriable-headers",
-}
+} | set(GRPC_RETRY_ON)
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
@@ -27,7 +32,9 @@ def retry_policy(rp, path: str, errors: Errors) -> model.RetryPolicy:
     out = model.RetryPolicy(retry_on=conditions,
                             num_retries=wrapped(rp, "num_retries", 1),
                             host_selection_retry_max_attempts=rp.host_selection_retry_max_attempts or 1,
-                            retriable_status_codes=tuple(rp.retriable_status_codes))
+                            retriable_status_codes=tuple(rp.retriable_status_codes),
+                            grpc_statuses=frozenset(GRPC_RETRY_ON[c] for c in conditions
+                                                    if c in GRPC_RETRY_ON))
     if rp.HasField("per_try_timeout"):
         out.per_try_timeout_ms = duration_ms(rp.per_try_timeout)
     if rp.HasField("per_try_idle_timeout"):

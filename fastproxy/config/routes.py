@@ -12,8 +12,10 @@ from .common import duration_ms, wrapped
 from .errors import Errors, join
 from .headers import header_matcher, mutations, query_matcher
 from .lb_config import hash_policies
-from .local_ratelimit import per_filter_config, rate_limits
+from .loader import snake
+from .local_ratelimit import TYPE_NAME as LOCAL_RATELIMIT_TYPE, per_filter_config, rate_limits
 from .retry import apply_virtual_host_policies, retry_policy
+from .support import unpack_any
 
 # route.v3.RedirectAction.RedirectResponseCode -> HTTP status
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
@@ -46,6 +48,7 @@ def route_configuration(rc, path: str, errors: Errors, refs: ClusterRefs) -> mod
 def virtual_host(vh, path: str, errors: Errors, refs: ClusterRefs) -> model.VirtualHost:
     routes = [route(r, f"{join(path, 'routes')}[{i}]", errors, refs) for i, r in enumerate(vh.routes)]
     apply_virtual_host_policies(vh, routes, path, errors)
+    _per_filter_types(vh, path, errors)
     return model.VirtualHost(vh.name, [d.lower() for d in vh.domains], routes,
                              mutations(vh, path, errors),
                              per_filter_config=per_filter_config(vh, path, errors),
@@ -56,6 +59,7 @@ def route(r, path: str, errors: Errors, refs: ClusterRefs) -> model.Route:
     out = model.Route(match=route_match(r.match, join(path, "match"), errors), name=r.name,
                       headers=mutations(r, path, errors),
                       per_filter_config=per_filter_config(r, path, errors))
+    _per_filter_types(r, path, errors)
     action = r.WhichOneof("action")
     if action == "route":
         out.route = route_action(r.route, join(path, "route"), errors, refs)
@@ -121,10 +125,41 @@ def route_action(ra, path: str, errors: Errors, refs: ClusterRefs) -> model.Rout
         out.idle_timeout_ms = duration_ms(ra.idle_timeout)
     if ra.HasField("max_stream_duration") and ra.max_stream_duration.HasField("max_stream_duration"):
         out.max_stream_duration_ms = duration_ms(ra.max_stream_duration.max_stream_duration)
+    out.new_timeouts = ra.HasField("max_stream_duration")
+    _grpc_timeout(ra, out)
     if ra.HasField("retry_policy"):
         out.retry_policy = retry_policy(ra.retry_policy, join(path, "retry_policy"), errors)
     out.hash_policy = hash_policies(ra, path, errors)
     return out
+
+
+def _grpc_timeout(ra, out: model.RouteAction) -> None:
+    """The grpc-timeout header's cap and offset.  As Envoy's RouteEntryImplBase: a route that sets
+    max_stream_duration ("new timeouts") takes them from max_stream_duration.grpc_timeout_header_max
+    and grpc_timeout_header_offset and ignores the deprecated max_grpc_timeout and
+    grpc_timeout_offset; any other route takes those.  An offset without its max has no effect."""
+    if ra.HasField("max_stream_duration"):
+        msd = ra.max_stream_duration
+        max_name, offset_name = "grpc_timeout_header_max", "grpc_timeout_header_offset"
+    else:
+        msd = ra
+        max_name, offset_name = "max_grpc_timeout", "grpc_timeout_offset"
+    if msd.HasField(max_name):
+        out.grpc_timeout_max_ms = duration_ms(getattr(msd, max_name))
+        if msd.HasField(offset_name):
+            out.grpc_timeout_offset_ms = duration_ms(getattr(msd, offset_name))
+
+
+def _per_filter_types(msg, path: str, errors: Errors) -> None:
+    """typed_per_filter_config entries of a filter type without per-route configuration (Envoy
+    refuses them); local rate limit overrides are compiled by `per_filter_config`."""
+    for name in sorted(msg.typed_per_filter_config):
+        inner = unpack_any(msg.typed_per_filter_config[name])
+        if inner is None or inner.DESCRIPTOR.full_name == LOCAL_RATELIMIT_TYPE:
+            continue  # other types are reported by the support walk
+        errors.add(f"{join(path, 'typed_per_filter_config')}.{snake(name)}",
+                   f"type {inner.DESCRIPTOR.full_name} does not support virtual host or route "
+                   "specific configurations")
 
 
 def _weighted(wc, path: str, errors: Errors, refs: ClusterRefs) -> list[model.WeightedCluster]:

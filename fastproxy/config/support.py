@@ -45,7 +45,8 @@ SUPPORTED: dict[str, set[str]] = {
         "stat_prefix", "codec_type", "route_config", "http_filters",
         "common_http_protocol_options", "max_request_headers_kb", "stream_idle_timeout",
         "request_timeout", "use_remote_address", "xff_num_trusted_hops", "generate_request_id",
-        "server_name", "upgrade_configs", "access_log",
+        "server_name", "upgrade_configs", "access_log", "http2_protocol_options",
+        "http_protocol_options",
     },
     # Access logs (config.access_log): no filter, text formats only
     "envoy.config.accesslog.v3.AccessLog": {"name", "typed_config"},
@@ -59,6 +60,7 @@ SUPPORTED: dict[str, set[str]] = {
         "name", "typed_config",
     },
     "envoy.extensions.filters.http.router.v3.Router": set(),
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": set(),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
         "stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
         "response_headers_to_add", "enable_x_ratelimit_headers",
@@ -77,7 +79,20 @@ SUPPORTED: dict[str, set[str]] = {
     "envoy.type.v3.FractionalPercent": {"numerator", "denominator"},
     "envoy.type.v3.Percent": {"value"},
     _CORE + "RuntimeFractionalPercent": {"default_value", "runtime_key"},
-    _CORE + "HttpProtocolOptions": {"idle_timeout", "max_stream_duration"},
+    # HttpProtocolOptions: max_stream_duration for connection managers only,
+    # max_requests_per_connection for clusters only (checked while compiling)
+    _CORE + "HttpProtocolOptions": {"idle_timeout", "max_stream_duration",
+                                    "max_requests_per_connection"},
+    _CORE + "Http1ProtocolOptions": {"enable_trailers"},  # the HCM's only (compile.py)
+    _CORE + "Http2ProtocolOptions": {
+        "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+        "max_outbound_frames", "max_outbound_control_frames",
+        "max_consecutive_inbound_frames_with_empty_payload",
+        "max_inbound_priority_frames_per_stream",
+        "max_inbound_window_update_frames_per_data_frame_sent", "allow_connect",
+        "connection_keepalive",
+    },
+    _CORE + "KeepaliveSettings": {"interval", "timeout"},
     # Routing
     _R + "RouteConfiguration": {"name", "virtual_hosts"} | _HEADERS,
     _R + "VirtualHost": {"name", "domains", "routes", "retry_policy", "hedge_policy",
@@ -102,7 +117,7 @@ SUPPORTED: dict[str, set[str]] = {
         "cluster", "cluster_header", "weighted_clusters", "prefix_rewrite", "regex_rewrite",
         "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy", "idle_timeout",
         "priority",
-        "max_stream_duration",
+        "max_stream_duration", "max_grpc_timeout", "grpc_timeout_offset",
         "hash_policy", "rate_limits",
     },
     _R + "RouteAction.HashPolicy": {
@@ -119,7 +134,9 @@ SUPPORTED: dict[str, set[str]] = {
         "retriable_headers",
     },
     _R + "RetryPolicy.RetryBackOff": {"base_interval", "max_interval"},
-    _R + "RouteAction.MaxStreamDuration": {"max_stream_duration"},
+    _R + "RouteAction.MaxStreamDuration": {
+        "max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset",
+    },
     _R + "HedgePolicy": {"hedge_on_per_try_timeout"},
     _R + "RetryPolicy.RetryHostPredicate": {"name", "typed_config"},
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate": set(),
@@ -140,6 +157,14 @@ SUPPORTED: dict[str, set[str]] = {
         "dns_refresh_rate", "circuit_breakers",
         "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
         "round_robin_lb_config", "common_lb_config", "health_checks", "outlier_detection",
+        "typed_extension_protocol_options", "max_requests_per_connection",
+    },
+    # typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "explicit_http_config", "common_http_protocol_options",
+    },
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": {
+        "http_protocol_options", "http2_protocol_options",
     },
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig": {
         "minimum_ring_size", "maximum_ring_size", "hash_function",
@@ -187,6 +212,7 @@ _LEAVES = {
     "google.protobuf.FloatValue",
 }
 _ANY = "google.protobuf.Any"
+_DURATION = "google.protobuf.Duration"
 
 
 def unpack_any(any_msg):
@@ -238,6 +264,8 @@ def _walk(msg, path: str, unknown_any: dict[str, str], errors: Errors) -> None:
 def _walk_value(msg, path: str, unknown_any: dict[str, str], errors: Errors) -> None:
     name = msg.DESCRIPTOR.full_name
     if name in _LEAVES:
+        if name == _DURATION and (msg.seconds < 0 or msg.nanos < 0):
+            errors.add(path, "Invalid duration: Expected positive duration")  # as Envoy
         return
     if name == _ANY:
         type_name = msg.TypeName()
