@@ -35,6 +35,7 @@ extensions = [
     core("ratelimit", libraries=HTTP_LIBS),
     core("connection", libraries=HTTP_LIBS),
     core("h2downstream", libraries=HTTP_LIBS + ["nghttp2"]),
+    core("h2upstream", libraries=HTTP_LIBS + ["nghttp2"]),
     core("http2", libraries=["nghttp2"]),
     core("accesslog"),
 ]

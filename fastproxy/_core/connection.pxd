@@ -10,6 +10,16 @@ from fastproxy._core.hoststate cimport HostState
 from fastproxy._core.breakers cimport CircuitBreakers
 from fastproxy._core.ratelimit cimport RequestFilters
 
+# UpstreamConnection.state
+cdef enum:
+    U_CONNECTING = 0
+    U_IDLE = 1
+    U_HEAD = 2
+    U_BODY = 3
+    U_TUNNEL = 4
+    U_CLOSED = 5
+
+
 cdef struct OutBuf:
     char *data
     size_t length
@@ -31,6 +41,7 @@ cdef class ListenerRuntime:
     cdef double request_timeout
     cdef double min_route_idle       # smallest route idle_timeout, for the sweep's period
     cdef double max_stream_duration  # common_http_protocol_options.max_stream_duration
+    cdef bint enable_trailers        # http_protocol_options.enable_trailers (HTTP/1 clients)
     cdef size_t buffer_limit
     cdef bytes server_name
     cdef frozenset upgrade_types
@@ -39,6 +50,18 @@ cdef class ListenerRuntime:
     cdef list access_logs           # AccessLog objects, None when there are none
     cdef tuple log_wanted           # request headers the access logs read
     cdef object server
+
+
+cdef class UpstreamPool:
+    """A multiplexed (HTTP/2) pool: hands out per-request stream objects that behave as
+    UpstreamConnections towards the request path (h2upstream.H2Pool)."""
+    # A stream on a connected connection with room, or None.
+    cdef UpstreamConnection ready_stream(self, int host)
+    # A stream on a connecting or new connection (never None: over the limits, the least busy
+    # connection takes it and the codec queues it).
+    cdef UpstreamConnection open_stream(self, int host, int priority)
+    cdef void set_hosts(self, list hosts)
+    cdef void close(self)
 
 
 cdef class ClusterRuntime:
@@ -58,6 +81,7 @@ cdef class ClusterRuntime:
     cdef list waiting          # per host: streams waiting for a connection (max_connections)
     cdef HostState state       # shared health / outlier state, None when not configured
     cdef CircuitBreakers breakers  # None when the cluster has no limits
+    cdef UpstreamPool h2pool       # HTTP/2 upstream (multiplexed pool), or None for HTTP/1.1
 
     cdef dict conn_count       # connections (open or opening) per host address
     cdef UpstreamConnection get_idle(self, int host)
@@ -117,6 +141,13 @@ cdef class Stream:
     cdef bytes upstream_address # b"ip:port" of the host the request went to last
     cdef list flag_order        # response flags in the order they were set (None: none yet)
     cdef int fail_flag          # the flag of the last attempt's failure, set if it is final
+    # HTTP/2 trailers travel beside the HTTP/1 bytes of the bridges: (name, value) lists
+    cdef list request_trailers  # from an HTTP/2 client, for an HTTP/2 upstream
+    cdef list response_trailers # from an HTTP/2 upstream, for an HTTP/2 client
+    cdef bint grpc              # content-type application/grpc*: local replies are gRPC errors
+    cdef int grpc_status        # a local reply's grpc-status when not derived from the HTTP one
+    cdef int64_t grpc_timeout   # the grpc-timeout (ms) to send upstream in place of the
+                                # client's (max_grpc_timeout / max_stream_duration), or -1
 
     cdef void reset(self)
 
@@ -159,11 +190,15 @@ cdef class DownstreamConnection:
     cdef void _start_per_try_timer(self)
     cdef void _drop_hedges(self)
     cdef bint _request_internal(self, RequestHead *head)
+    cdef double _grpc_timeout(self, RequestHead *head, action, double duration,
+                              RouteDecision d) except? -2
     cdef int _setup_retry(self, RequestHead *head, RouteDecision d) except -1
     cdef int _pick_host(self, ClusterRuntime cluster, RouteDecision d, list avoid) except -2
     cdef void _stream_stats_end(self, int status)
     cdef int _local_reply(self, int status, bytes body, bint close, list extra,
                           tuple ops=*) except -1
+    cdef int _grpc_local_reply(self, int status, bytes body, bint close, list extra,
+                               tuple ops) except -1
     cdef void _write(self, bytes data)
     cdef int _finish_stream(self) except -1
     cdef void _abort_stream(self)
@@ -202,6 +237,10 @@ cdef class UpstreamConnection:
     cdef int _response_done(self) except -1
     cdef void _fail(self, str reason, int status=*)
     cdef void _close_transport(self)
+    cdef int _received(self, bytes data) except -1
+
+
+cdef set_keepalive(sock, ka)
 
 
 cdef class Worker:

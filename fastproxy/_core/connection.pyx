@@ -16,7 +16,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy, memchr, strcmp
+from libc.string cimport memcpy, memchr, memcmp, strcmp
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastproxy._core.includes.picohttpparser cimport phr_header
@@ -57,15 +57,6 @@ cdef enum:
     S_WAIT = 2      # request complete, response in progress; input waits in the buffer
     S_TUNNEL = 3    # upgraded: bytes pass both ways untouched
     S_CLOSED = 4
-
-# Upstream states
-cdef enum:
-    U_CONNECTING = 0
-    U_IDLE = 1
-    U_HEAD = 2
-    U_BODY = 3
-    U_TUNNEL = 4
-    U_CLOSED = 5
 
 cdef bytes CRLF = b"\r\n"
 cdef bytes LAST_CHUNK = b"0\r\n\r\n"
@@ -265,6 +256,7 @@ cdef class ListenerRuntime:
         self.min_route_idle = min(idles) / 1000.0 if idles else 0
         self.buffer_limit = model.per_connection_buffer_limit_bytes
         self.server_name = hcm.server_name.encode()
+        self.enable_trailers = getattr(hcm, "enable_trailers", False)
         self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
         self.codec = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2}.get(hcm.codec_type, 0)
         self.filters = make_request_filters(hcm, worker.shm_path, worker.index)
@@ -288,6 +280,20 @@ cdef class ListenerRuntime:
         return DownstreamConnection(self)
 
 
+cdef class UpstreamPool:
+    cdef UpstreamConnection ready_stream(self, int host):
+        return None
+
+    cdef UpstreamConnection open_stream(self, int host, int priority):
+        raise NotImplementedError
+
+    cdef void set_hosts(self, list hosts):
+        pass
+
+    cdef void close(self):
+        pass
+
+
 cdef class ClusterRuntime:
     def __init__(self, Worker worker, model, int base):
         self.worker = worker
@@ -307,6 +313,10 @@ cdef class ClusterRuntime:
         self.lb = None
         self.state = make_host_state(model, worker.shm_path, worker.index)
         self.breakers = make_circuit_breakers(model, worker.shm_path, worker.index)
+        self.h2pool = None
+        if getattr(model, "http2", None) is not None:
+            from fastproxy._core.h2upstream import H2Pool
+            self.h2pool = H2Pool(self)
 
     async def resolve_initial(self):
         """Fill the host set: STATIC from the config, DNS clusters by resolving (and refreshing)."""
@@ -382,6 +392,8 @@ cdef class ClusterRuntime:
                 (<UpstreamConnection>c)._close_transport()
         if self.state is not None:
             self.state.set_hosts(list(hosts))
+        if self.h2pool is not None:
+            self.h2pool.set_hosts(self.hosts)
         changed = old_hosts != self.hosts
         if hosts:
             opts = dict(self.model_lb_options())
@@ -415,6 +427,8 @@ cdef class ClusterRuntime:
         """An idle pooled connection to `host`, or None."""
         cdef list idle = <list>self.idle[host]
         cdef UpstreamConnection c
+        if self.h2pool is not None:
+            return self.h2pool.ready_stream(host)
         while idle:
             c = <UpstreamConnection>idle.pop()
             if not c.closed:
@@ -426,6 +440,8 @@ cdef class ClusterRuntime:
         host without any connection always gets one."""
         cdef UpstreamConnection c
         cdef bint counted = False
+        if self.h2pool is not None:
+            return self.h2pool.open_stream(host, priority)
         address = self.hosts[host]
         if self.breakers is not None:
             counted = self.breakers.try_connection(priority)
@@ -441,6 +457,9 @@ cdef class ClusterRuntime:
 
     cdef void release(self, UpstreamConnection c):
         cdef Stream s
+        if self.h2pool is not None:
+            c._close_transport()  # an HTTP/2 stream: done (its connection stays in the pool)
+            return
         if c.closed or c.host >= len(self.idle) or self.hosts[c.host] != c.address:
             c._close_transport()
             return
@@ -525,6 +544,11 @@ cdef class Stream:
         self.fail_flag = 0
         self.holds_retry = False
         self.internal = -1
+        self.request_trailers = None
+        self.response_trailers = None
+        self.grpc = False
+        self.grpc_status = -1
+        self.grpc_timeout = -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -779,6 +803,7 @@ cdef class DownstreamConnection:
             s.upgrade = True
 
         v[lr.http_base + HTTP_RQ_TOTAL] += 1
+        s.grpc = is_grpc(head)
         action = lr.routes.route(head, d, False, w.random())
         if lr.filters is not None:
             # HTTP filters before the router see every request, whatever the route says.
@@ -826,6 +851,10 @@ cdef class DownstreamConnection:
             self._consume(head_len)
             self.state = S_WAIT
             v[cluster.base + CLUSTER_UPSTREAM_CX_NONE_HEALTHY] += 1
+            # Envoy's router charges its 503 to the cluster
+            v[cluster.base + CLUSTER_UPSTREAM_RQ_COMPLETED] += 1
+            v[cluster.base + CLUSTER_UPSTREAM_RQ_5XX] += 1
+            v[cluster.base + CLUSTER_UPSTREAM_RQ_100 + 403] += 1
             set_flag(s, RF_UH)
             return self._local_reply(503, BODY_NO_HEALTHY, head.body_kind != BODY_NONE, None)
 
@@ -946,9 +975,15 @@ cdef class DownstreamConnection:
                 s.priority = 1 if action.priority == 1 else 0
                 if action.idle_timeout_ms is not None:
                     s.idle_timeout = action.idle_timeout_ms / 1000.0
-                if action.max_stream_duration_ms is not None:
-                    duration = action.max_stream_duration_ms / 1000.0
+                if action.new_timeouts:
                     d.timeout_ms = 0  # Envoy's router then leaves the route timeout unset
+                    if action.max_stream_duration_ms is not None:
+                        duration = action.max_stream_duration_ms / 1000.0
+                if s.grpc and action.grpc_timeout_max_ms is not None:
+                    duration = self._grpc_timeout(head, action, duration, d)
+                if s.grpc and action.new_timeouts and duration > 0:
+                    # the upstream is told the stream's deadline
+                    s.grpc_timeout = <int64_t>(duration * 1000 + 0.5)
         if duration > 0:
             s.duration_timer = self.worker.loop.call_at(
                 self.worker.loop.time() + duration - (now() - s.start_time), self._on_max_duration)
@@ -984,6 +1019,35 @@ cdef class DownstreamConnection:
                     lit_eq(h.name, 38, b"x-envoy-upstream-rq-per-try-timeout-ms", 38) and value.isdigit():
                 s.per_try_ms = int(value)
         return 0
+
+    cdef double _grpc_timeout(self, RequestHead *head, action, double duration,
+                              RouteDecision d) except? -2:
+        cdef Stream s = self.stream
+        """The grpc-timeout request header as Envoy's router reads it for a route with
+        max_grpc_timeout (it becomes the route timeout) or with max_stream_duration's
+        grpc_timeout_header_max (it becomes the stream's duration).  Returns the duration."""
+        cdef int i = find_header(head.headers, head.num_headers, b"grpc-timeout", 12)
+        cdef int64_t t = -1
+        cdef int64_t cap = action.grpc_timeout_max_ms
+        cdef int64_t offset = action.grpc_timeout_offset_ms
+        if i >= 0:
+            t = parse_grpc_timeout(head.headers[i].value, head.headers[i].value_len)
+        if action.new_timeouts:
+            if t < 0:
+                return duration
+            if cap > 0 and t > cap:
+                t = cap
+            t = t - offset if t > offset else 0
+            return t / 1000.0 if t > 0 else 1e-6  # 0: at once, as Envoy's zero-length timer
+        if t < 0:
+            t = 0
+        if offset and offset < t:
+            t -= offset
+        if cap > 0 and (t == 0 or t > cap):
+            t = cap
+        d.timeout_ms = t
+        s.grpc_timeout = 0  # the expected timeout, once known (_serialize_request)
+        return duration
 
     cdef bint _request_internal(self, RequestHead *head):
         """Envoy's internal request: the client address (the peer's with use_remote_address,
@@ -1023,6 +1087,11 @@ cdef class DownstreamConnection:
         cdef bint external = edge and not self._request_internal(head)
         cdef bint rewrote_path = False
         cdef RouteEntry entry = <RouteEntry>d.entry if d.entry is not None else None
+        cdef int64_t expected = self.stream.per_try_ms if self.stream.per_try_ms > 0 and (
+            d.timeout_ms == 0 or self.stream.per_try_ms < d.timeout_ms) else d.timeout_ms
+        cdef int64_t grpc_timeout = self.stream.grpc_timeout
+        if grpc_timeout == 0:
+            grpc_timeout = expected if expected > 0 else -1  # max_grpc_timeout
         b.length = 0
         ob_put(b, head.method, head.method_len)
         ob_put(b, b" ", 1)
@@ -1073,6 +1142,11 @@ cdef class DownstreamConnection:
                 ob_put_bytes(b, self._remote_ip())
                 ob_put(b, b"\r\n", 2)
                 continue
+            elif grpc_timeout > 0 and h.name_len == 12 and lit_eq(h.name, 12, b"grpc-timeout", 12):
+                ob_put(b, b"grpc-timeout: ", 14)
+                put_grpc_timeout(b, grpc_timeout)
+                grpc_timeout = -1
+                continue
             elif h.name_len > 8 and lit_eq(h.name, 8, b"x-envoy-", 8):
                 # Internal-only headers: dropped unless the request is internal; the router's
                 # own (read above, or set below) never travel on.
@@ -1100,13 +1174,13 @@ cdef class DownstreamConnection:
             ob_put(b, b"x-request-id: ", 14)
             w.put_uuid4(b)
             ob_put(b, b"\r\n", 2)
-        if d.timeout_ms > 0 or self.stream.per_try_ms > 0:
+        if expected > 0:
             ob_put(b, b"x-envoy-expected-rq-timeout-ms: ", 32)
-            if self.stream.per_try_ms > 0 and (d.timeout_ms == 0 or self.stream.per_try_ms < d.timeout_ms):
-                ob_put_int(b, self.stream.per_try_ms)
-            else:
-                ob_put_int(b, d.timeout_ms)
+            ob_put_int(b, expected)
             ob_put(b, b"\r\n", 2)
+        if grpc_timeout > 0:
+            ob_put(b, b"grpc-timeout: ", 14)
+            put_grpc_timeout(b, grpc_timeout)
         if d.request_ops:
             apply_ops(b, d.request_ops)
         if d.host is not None or d.auto_host_rewrite:
@@ -1202,6 +1276,7 @@ cdef class DownstreamConnection:
             return
         self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_RQ_MAX_DURATION_REACHED] += 1
         set_flag(s, RF_DT)
+        s.grpc_status = 4  # DEADLINE_EXCEEDED
         self._upstream_failed(504 if s.request_complete else 408, BODY_DURATION_TIMEOUT)
 
     def _on_per_try_idle(self):
@@ -1423,7 +1498,8 @@ cdef class DownstreamConnection:
             if s.holds_retry:
                 s.holds_retry = False
                 c.breakers.release_retry(s.priority)
-            if status and s.attempt > 1 and status < 500:
+            if status and s.attempt > 1 and status < 500 and not s.flags & RF_URX:
+                # (an answer the policy would still retry, out of retries, is no success)
                 v[c.base + CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS] += 1
             if s.waiting:
                 s.waiting = False
@@ -1455,6 +1531,8 @@ cdef class DownstreamConnection:
         if close or self.closing or not s.keep_alive:
             close = True
         b.length = 0
+        if s.grpc:
+            return self._grpc_local_reply(status, body, close, extra, ops)
         ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
         if extra:
             for name, value in extra:
@@ -1496,6 +1574,52 @@ cdef class DownstreamConnection:
         s.status = status
         s.response_started = True
         self._write(out)
+        if close:
+            s.keep_alive = False
+        self._finish_stream()
+        return 0
+
+    cdef int _grpc_local_reply(self, int status, bytes body, bint close, list extra,
+                               tuple ops) except -1:
+        """A local reply to a gRPC request, as Envoy sends it: a trailers-only response (200,
+        content-type application/grpc, grpc-status from the HTTP status, grpc-message the
+        body text percent-encoded)."""
+        cdef Stream s = self.stream
+        cdef Worker w = self.worker
+        cdef OutBuf *b = &w.out
+        ob_put_bytes(b, <bytes>STATUS_LINES[200])
+        ob_put(b, b"content-type: application/grpc\r\ngrpc-status: ", 45)
+        ob_put_int(b, s.grpc_status if s.grpc_status >= 0 else http_to_grpc_status(status))
+        ob_put(b, b"\r\n", 2)
+        if body and not s.is_head:
+            ob_put(b, b"grpc-message: ", 14)
+            ob_put_bytes(b, grpc_percent_encode(body))
+            ob_put(b, b"\r\n", 2)
+        if extra:
+            for name, value in extra:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
+        if ops:
+            apply_ops(b, ops)
+        if s.response_headers:
+            for name, value in s.response_headers:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
+        ob_put(b, b"date: ", 6)
+        ob_put_bytes(b, w.date())
+        ob_put(b, b"\r\nserver: ", 10)
+        ob_put_bytes(b, self.listener.server_name)
+        ob_put(b, b"\r\n", 2)
+        if close:
+            ob_put(b, b"connection: close\r\n", 19)
+        ob_put(b, b"content-length: 0\r\n\r\n", 21)
+        s.status = 200  # what the client sees (Envoy's downstream stats and logs count it)
+        s.response_started = True
+        self._write(ob_take(b))
         if close:
             s.keep_alive = False
         self._finish_stream()
@@ -1667,6 +1791,93 @@ cdef int apply_ops(OutBuf *b, tuple ops_list) except -1:
     return 0
 
 
+cdef inline bint is_grpc(RequestHead *head) noexcept:
+    """Envoy's gRPC request test: content-type application/grpc, alone or followed by '+' or
+    ';' (application/grpc-web is not gRPC)."""
+    cdef int i = find_header(head.headers, head.num_headers, b"content-type", 12)
+    cdef const char *v
+    cdef size_t n
+    if i < 0:
+        return False
+    v = head.headers[i].value
+    n = head.headers[i].value_len
+    return n >= 16 and memcmp(v, b"application/grpc", 16) == 0 and (
+        n == 16 or v[16] == 43 or v[16] == 59)
+
+
+cdef int put_grpc_timeout(OutBuf *b, int64_t ms) except -1:
+    """A grpc-timeout value as Envoy writes it: milliseconds, or a coarser unit to stay within
+    eight digits; with CRLF."""
+    cdef const char *units = b"mSMH"
+    cdef int u = 0
+    cdef int64_t div
+    while ms > 99999999 and u < 3:
+        div = 1000 if u == 0 else 60
+        ms = (ms + div - 1) // div
+        u += 1
+    ob_put_int(b, ms)
+    ob_put(b, units + u, 1)
+    ob_put(b, b"\r\n", 2)
+    return 0
+
+
+cdef int64_t parse_grpc_timeout(const char *v, size_t n) noexcept:
+    """A grpc-timeout value (1 to 8 digits and a unit: H M S m u n) in milliseconds, rounded
+    up; -1 when malformed."""
+    cdef int64_t x = 0
+    cdef size_t i
+    cdef char unit
+    if n < 2 or n > 9:
+        return -1
+    for i in range(n - 1):
+        if v[i] < 48 or v[i] > 57:
+            return -1
+        x = x * 10 + (v[i] - 48)
+    unit = v[n - 1]
+    if unit == 72:       # H
+        return x * 3600000
+    if unit == 77:       # M
+        return x * 60000
+    if unit == 83:       # S
+        return x * 1000
+    if unit == 109:      # m
+        return x
+    if unit == 117:      # u
+        return (x + 999) // 1000
+    if unit == 110:      # n
+        return (x + 999999) // 1000000
+    return -1
+
+
+cdef int http_to_grpc_status(int status) noexcept:
+    """Envoy's mapping of a local reply's HTTP status to a gRPC status."""
+    if status == 400:
+        return 13   # INTERNAL
+    if status == 401:
+        return 16   # UNAUTHENTICATED
+    if status == 403:
+        return 7    # PERMISSION_DENIED
+    if status == 404:
+        return 12   # UNIMPLEMENTED
+    if status == 429 or status == 502 or status == 503 or status == 504:
+        return 14   # UNAVAILABLE
+    return 2        # UNKNOWN
+
+
+cdef bytes grpc_percent_encode(bytes text):
+    """grpc-message encoding: bytes outside printable ASCII, and '%', as %XX."""
+    cdef unsigned char c
+    cdef bint plain = True
+    for c in text:
+        if c < 0x20 or c > 0x7e or c == 0x25:
+            plain = False
+            break
+    if plain:
+        return text
+    return b"".join(b"%%%02X" % c if (c < 0x20 or c > 0x7e or c == 0x25) else bytes((c,))
+                    for c in text)
+
+
 cdef inline void set_flag(Stream s, int flag):
     """Set a response flag, remembering the order (Envoy's logs print flags in that order)."""
     if s.flags & flag:
@@ -1709,6 +1920,25 @@ cdef void set_decision_addresses(RouteDecision d, transport):
         d.remote_address = (("[%s]:%d" if ":" in ip else "%s:%d") % (ip, peer[1])).encode()
     if local:
         d.local_address = (("[%s]:%d" if ":" in local[0] else "%s:%d") % (local[0], local[1])).encode()
+
+
+cdef bytes last_chunk(Stream s, DownstreamConnection down):
+    """The end of a chunked response: with the upstream's trailers when the connection
+    manager enables them for HTTP/1 clients (an HTTP/2 client's bridge reads them from the
+    stream itself)."""
+    if s.response_trailers and down.listener.enable_trailers:
+        return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in s.response_trailers) \
+            + b"\r\n"
+    return LAST_CHUNK
+
+
+cdef bint retriable_grpc(frozenset statuses, ResponseHead *head):
+    """A trailers-only gRPC answer whose grpc-status is one of the retry_on conditions'."""
+    cdef int i = find_header(head.headers, head.num_headers, b"grpc-status", 11)
+    if i < 0:
+        return False
+    value = PyBytes_FromStringAndSize(head.headers[i].value, head.headers[i].value_len)
+    return value.isdigit() and int(value) in statuses
 
 
 cdef bint retriable_headers_match(matchers, ResponseHead *head):
@@ -1935,37 +2165,42 @@ cdef class UpstreamConnection:
             pass
 
     def data_received(self, bytes data):
+        self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_RX_BYTES_TOTAL] += \
+            PyBytes_GET_SIZE(data)
+        self._received(data)
+
+    cdef int _received(self, bytes data) except -1:
+        """Response bytes (HTTP/1) for the attached stream."""
         cdef ClusterRuntime c = self.cluster
         cdef ResponseHead *head
         cdef Py_ssize_t n
         cdef int rc
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_RX_BYTES_TOTAL] += PyBytes_GET_SIZE(data)
         self.last_activity = now()
         if self.stream is None:
             # Bytes from an idle upstream: it broke HTTP/1 framing; drop the connection.
             c.worker.values[c.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
             self._close_transport()
-            return
+            return 0
         if self.state == U_TUNNEL:
             self.stream.downstream._write(data)
-            return
+            return 0
         if self.state == U_BODY and PyByteArray_GET_SIZE(self.buf) == 0:
             self._on_response_body(data)
-            return
+            return 0
         self.buf += data
         while self.state == U_HEAD and self.stream is not None:
             n = PyByteArray_GET_SIZE(self.buf)
             if n == 0:
-                return
+                return 0
             head = c.worker.resp_head
             rc = parse_response_head(PyByteArray_AS_STRING(self.buf), n, 81920,
                                      self.stream.is_head, head)
             if rc == PARSE_INCOMPLETE:
-                return
+                return 0
             if rc < 0:
                 c.worker.values[c.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
                 self._fail("protocol error", 502)
-                return
+                return 0
             if head.status < 200 and head.status != 101:
                 del self.buf[:rc]   # interim response: Envoy answers 100-continue itself
                 continue
@@ -1974,6 +2209,7 @@ cdef class UpstreamConnection:
             rest = bytes(self.buf)
             del self.buf[:]
             self._on_response_body(rest)
+        return 0
 
     def eof_received(self):
         return False
@@ -2063,7 +2299,8 @@ cdef class UpstreamConnection:
             down._drop_hedges()
         if s.retry is not None and (down._retriable_status(head.status) or (
                 s.retry_on and "retriable-headers" in s.retry_on
-                and retriable_headers_match(s.retry.retriable_headers, head))):
+                and retriable_headers_match(s.retry.retriable_headers, head)) or (
+                s.grpc and s.retry.grpc_statuses and retriable_grpc(s.retry.grpc_statuses, head))):
             if s.retries_left > 0 and s.replay is not None and s.request_complete:
                 # drop this answer and this connection, and try again
                 self.stream = None
@@ -2202,7 +2439,7 @@ cdef class UpstreamConnection:
         if rc == 1:
             if consumed < <size_t>n:
                 self.keep_alive = False
-            down._write(LAST_CHUNK)
+            down._write(last_chunk(s, down))
             return self._response_done()
         return 0
 
@@ -2228,7 +2465,7 @@ cdef class UpstreamConnection:
 
     cdef void _finish_body_eof(self):
         cdef Stream s = self.stream
-        s.downstream._write(LAST_CHUNK)
+        s.downstream._write(last_chunk(s, s.downstream))
         self._response_done()
 
     cdef int _response_done(self) except -1:
@@ -2498,6 +2735,8 @@ cdef class Worker:
             for conns in (<ClusterRuntime>cr).idle:
                 for u in conns:
                     (<UpstreamConnection>u)._close_transport()
+            if (<ClusterRuntime>cr).h2pool is not None:
+                (<ClusterRuntime>cr).h2pool.close()
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

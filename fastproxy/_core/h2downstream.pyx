@@ -31,6 +31,9 @@ from fastproxy._core.connection cimport (
 )
 from fastproxy._core.stats cimport *
 
+import logging
+_log = logging.getLogger("fastproxy.http2")
+
 cdef uint32_t NGHTTP2_CANCEL = 8
 cdef uint32_t NGHTTP2_INTERNAL_ERROR = 2
 
@@ -100,6 +103,9 @@ cdef class H2StreamBridge(DownstreamConnection):
                                                               head.headers[i].value_len)))
                 end = head.body_kind == BODY_NONE or (head.body_kind == BODY_LENGTH
                                                       and head.content_length == 0)
+                if end and self.stream.grpc:
+                    # a trailers-only gRPC answer carries no content-length over HTTP/2
+                    headers = [h for h in headers if h[0] != b"content-length"]
                 body_decoder_init(&self.rbody, head.body_kind, head.content_length)
                 del self.rbuf[:rc]
                 self.head_sent = True
@@ -119,6 +125,13 @@ cdef class H2StreamBridge(DownstreamConnection):
             del self.rbuf[:consumed]
             if rc == 1:
                 self.response_done = True
+                trailers = self.stream.response_trailers
+                if trailers:
+                    # trailers of an HTTP/2 upstream (gRPC status) end the stream
+                    if length:
+                        c.session.send_data(self.sid, piece, False)
+                    c.session.submit_trailers(self.sid, trailers)
+                    return
             if length or rc == 1:
                 c.session.send_data(self.sid, piece, rc == 1)
             if rc != 1:
@@ -274,6 +287,7 @@ cdef class H2DownstreamConnection(H2Handler):
         try:
             self._on_request(sid, headers, end_stream)
         except BaseException:
+            _log.debug("internal error in an HTTP/2 event", exc_info=True)
             self.session.reset_stream(sid, NGHTTP2_INTERNAL_ERROR)
         return 0
 
@@ -335,8 +349,16 @@ cdef class H2DownstreamConnection(H2Handler):
                     piece = b"%x\r\n" % length + piece + b"\r\n"
                 b.data_received(piece)
         except BaseException:
+            _log.debug("internal error in an HTTP/2 event", exc_info=True)
             self.session.reset_stream(sid, NGHTTP2_INTERNAL_ERROR)
         self.session.consume(sid, length)
+        return 0
+
+    cdef int on_trailers(self, int32_t sid, list headers) noexcept:
+        cdef H2StreamBridge b = self.streams.get(sid)
+        if b is not None and not b.gone and b.chunked_request:
+            # carried beside the HTTP/1 bytes to an HTTP/2 upstream (HTTP/1 ones drop them)
+            b.stream.request_trailers = [(n, v) for n, v in headers if n[:1] != b":"]
         return 0
 
     cdef int on_stream_end(self, int32_t sid) noexcept:
@@ -345,6 +367,7 @@ cdef class H2DownstreamConnection(H2Handler):
             if b is not None and not b.gone and b.chunked_request:
                 b.data_received(b"0\r\n\r\n")
         except BaseException:
+            _log.debug("internal error in an HTTP/2 event", exc_info=True)
             self.session.reset_stream(sid, NGHTTP2_INTERNAL_ERROR)
         return 0
 

@@ -153,6 +153,10 @@ CLUSTER_STATS = [
     ("outlier_detection.ejections_detected_local_origin_failure_percentage", COUNTER),
     ("outlier_detection.ejections_enforced_local_origin_failure_percentage", COUNTER),
     ("outlier_detection.ejections_detected_degradation", COUNTER),
+    # HTTP/2 upstream connections (the multiplexed pool)
+    ("upstream_cx_http2_total", COUNTER),
+    ("upstream_cx_max_requests", COUNTER),
+    ("upstream_cx_idle_timeout", COUNTER),
 ]
 # Per-status counters (upstream_rq_200...): Envoy creates them on first use; here they have fixed
 # slots, and the admin lists one only once it is non-zero.
