@@ -5,6 +5,9 @@ Examples:
     python -m bench --pin --json out.json --plot plots/
     python -m bench --scenarios small,fixed_rate --peers envoy,haproxy,nginx --rounds 5
     python -m bench --quick --compare baseline.json --max-regression 10   # CI gate
+
+Exit status: 0; 1 when --compare finds a regression; 2 when something the run needs is
+missing; 3 when a proxy failed a scenario (the others still ran; see "failures" in --json).
 """
 from __future__ import annotations
 
@@ -105,6 +108,14 @@ def main(argv=None) -> int:
                 print(f"  {p}")
             return 1
         print(f"no figure worse than {a.compare} by more than {a.max_regression:g}%")
+    failed = [(sc, proxy) for sc, per in (results.get("failures") or {}).items()
+              for proxy in per]
+    if failed:
+        print("bench: incomplete: " + ", ".join(f"{sc} failed on {proxy}"
+                                                for sc, proxy in failed)
+              + " (exit status 3; the messages are above and in --json under 'failures')",
+              file=sys.stderr)
+        return 3
     return 0
 
 

@@ -18,11 +18,11 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from bench import configs
 from bench.measure import tree_pids
-from bench.scenarios import Scenario
+from bench.scenarios import GRPC_HEADERS, Scenario
 
 NOFILE_WANTED = 65536
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +59,7 @@ _HINTS = {
     "nginx": "apt-get install nginx-light",
     "haproxy": "apt-get install haproxy",
     "h2load": "apt-get install nghttp2-client",
+    "nghttp": "apt-get install nghttp2-client",
 }
 
 
@@ -213,23 +214,48 @@ class Proc:
 # ---------------------------------------------------------------------------------------------
 
 class Upstream:
-    def __init__(self, workdir: str, cpus: Optional[set]):
+    """The upstream nginx: HTTP/1.1 on `port`; with h2, also the h2c gRPC-shaped server on
+    `h2_port` (one process, one worker, for both)."""
+
+    def __init__(self, workdir: str, cpus: Optional[set], h2: bool = False):
         self.dir = os.path.join(workdir, "upstream")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
+        self.h2_port = free_port() if h2 else 0
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(configs.upstream_nginx(self.dir, self.port))
+            f.write(configs.upstream_nginx(self.dir, self.port, self.h2_port))
         self.proc = Proc("upstream-nginx", [require("nginx"), "-p", self.dir, "-c", conf,
                                             "-e", os.path.join(self.dir, "error.log")],
                          self.dir, cpus)
         _wait_ready(self.proc, lambda: http_get(self.port) == 200, 10)
+        if h2:
+            from bench import load
+            grpc = Scenario(name="upstream-h2c", description="", tool="h2load", protocol="h2",
+                            figures=(), method="POST", path="/", headers=GRPC_HEADERS,
+                            grpc_message_bytes=16)
+            _wait_ready(self.proc,
+                        lambda: load.h2_probe(grpc, self.h2_port, self.dir)[0] == 200, 10)
+            problems = load.grpc_check(grpc, self.h2_port, self.dir)
+            if problems:
+                self.proc.stop()
+                raise SetupError("the h2c upstream does not answer like a gRPC server: "
+                                 + "; ".join(problems))
+
+    def port_for(self, scenario: Scenario) -> int:
+        """The upstream port a scenario's proxies forward to."""
+        if scenario.upstream_protocol == "h2":
+            if not self.h2_port:
+                raise SetupError("the upstream was started without its h2c server")
+            return self.h2_port
+        return self.port
 
     def stop(self) -> None:
         self.proc.stop()
 
 
-def _wait_ready(proc: Proc, check: Callable[[], bool], timeout: float) -> None:
+def _wait_ready(proc: Proc, check: Callable[[], bool], timeout: float,
+                detail: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
@@ -238,7 +264,9 @@ def _wait_ready(proc: Proc, check: Callable[[], bool], timeout: float) -> None:
         if check():
             return
         time.sleep(0.05)
-    raise SetupError(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.log_tail()}")
+    more = detail()
+    raise SetupError(f"{proc.name} not ready after {timeout:.0f}s"
+                     + (f" ({more})" if more else "") + f":\n{proc.log_tail()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +312,12 @@ def proxy_command(name: str) -> str:
             "nginx": "nginx -c FILE (worker_processes 1)"}[name]
 
 
+# A proxy that is up (admin /ready) but answers the scenario's request with an HTTP error for
+# this long is given up on: it will not get better by waiting (say, a 503 because it cannot
+# speak the upstream's protocol).
+ANSWER_ERROR_GRACE = 5.0
+
+
 def start_proxy(name: str, scenario: Scenario, upstream_port: int, workdir: str,
                 cpus: Optional[set], timeout: float = 30.0) -> Proxy:
     d = os.path.join(workdir, f"{name}-{scenario.name}")
@@ -316,14 +350,48 @@ def start_proxy(name: str, scenario: Scenario, upstream_port: int, workdir: str,
     else:
         raise SetupError(f"unknown proxy {name!r}; peers: {', '.join(PEERS)}")
 
+    from bench import load      # bench.load imports this module
     proc = Proc(name, argv, d, cpus, cwd=cwd)
-    probe = scenario.path if scenario.method == "GET" else "/"
-    if admin is not None:
-        check = lambda: http_get(admin, "/ready", 0.5) == 200 and http_get(port, probe) == 200
+    if scenario.protocol == "h2":
+        probe_what = f"{scenario.method} {scenario.path} over HTTP/2 (h2load -n 1)"
+
+        def probe() -> Tuple[int, str]:
+            return load.h2_probe(scenario, port, d)
     else:
-        check = lambda: http_get(port, probe) == 200
+        path = scenario.path if scenario.method == "GET" else "/"
+        probe_what = f"GET {path} over HTTP/1.1"
+
+        def probe() -> Tuple[int, str]:
+            return http_get(port, path), ""
+    bad_since: List[float] = []
+    last = {"what": "never started"}
+
+    def check() -> bool:
+        if admin is not None and http_get(admin, "/ready", 0.5) != 200:
+            last["what"] = "admin /ready never answered 200"
+            return False
+        status, out = probe()
+        last["what"] = (f"{probe_what}: " + (f"status {status}" if status else "no answer")
+                        + (f"; {out}" if out and not status else ""))
+        if 200 <= status < 300:
+            return True
+        if status:
+            now = time.monotonic()
+            bad_since[:1] = bad_since[:1] or [now]
+            if now - bad_since[0] > ANSWER_ERROR_GRACE:
+                raise SetupError(f"{name} answers {status} to {probe_what} (for "
+                                 f"{ANSWER_ERROR_GRACE:.0f}s after it was up); its log:\n"
+                                 f"{proc.log_tail()}")
+        return False
+
     try:
-        _wait_ready(proc, check, timeout)
+        _wait_ready(proc, check, timeout, lambda: last["what"])
+        if scenario.grpc_message_bytes:
+            problems = load.grpc_check(scenario, port, d)
+            if problems:
+                raise SetupError(f"{name}'s answer to a gRPC call ({scenario.method} "
+                                 f"{scenario.path}, checked with nghttp -v) differs from the "
+                                 "upstream's: " + "; ".join(problems))
     except BaseException:
         proc.stop()
         raise

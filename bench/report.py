@@ -34,11 +34,37 @@ def _ratio(r: Optional[dict]) -> str:
     return f"{r['median']:.2f} [{r['min']:.2f}–{r['max']:.2f}]"
 
 
+def failures(results: dict, sc: str) -> Dict[str, str]:
+    """{proxy: message} of the proxies that failed scenario sc (could not start, answered
+    wrongly, or a segment failed); they have no figures, or only those of earlier rounds."""
+    return (results.get("failures") or {}).get(sc, {})
+
+
+def failure_line(msg: str, limit: int = 400) -> str:
+    """A failure message in one line, shortened: its first line, and when that only introduces
+    the proxy's log tail ("fastproxy exited with 1:"), the last line of that tail too."""
+    lines = [line.strip() for line in msg.strip().splitlines() if line.strip()]
+    if not lines:
+        return "failed"
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1:
+        line += " … " + lines[-1]
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def shown(results: dict) -> List[str]:
+    """The scenarios to report, in run order: those with figures or with failures."""
+    return [sc for sc in results["scenarios"]
+            if sc in results["summary"] or failures(results, sc)]
+
+
 def rows(results: dict, sc: str) -> Tuple[List[str], List[List[str]]]:
     """Header and rows of one scenario's table."""
     proxies = list(results["proxies"])
     peers = proxies[1:]
-    summ, rat = results["summary"][sc], results["ratios"].get(sc, {})
+    summ = results["summary"].get(sc) or {}
+    summ = {p: summ.get(p) or {} for p in proxies}
+    rat = results["ratios"].get(sc, {})
     header = ["figure"] + proxies + [f"fastproxy/{p} [min–max]" for p in peers]
     out = []
     for key in results["scenarios"][sc]["figures"]:
@@ -50,9 +76,13 @@ def rows(results: dict, sc: str) -> Tuple[List[str], List[List[str]]]:
         if any(summ[p].get(key) is not None for p in proxies):
             out.append([SHARE_LABELS[key]] + [_fmt(key, summ[p].get(key)) for p in proxies]
                        + [""] * len(peers))
-    errs = [summ[p].get("errors", 0) for p in proxies]
-    if any(errs):
-        out.append(["errors (all rounds)"] + [str(e) for e in errs] + [""] * len(peers))
+    errs = [summ[p].get("errors") or 0 for p in proxies]
+    failed = failures(results, sc)
+    if any(errs) or failed:
+        out.append(["errors (all rounds)"]
+                   + [f"{e} + FAILED" if p in failed and e else "FAILED" if p in failed
+                      else str(e) for p, e in zip(proxies, errs)]
+                   + [""] * len(peers))
     return header, out
 
 
@@ -65,7 +95,7 @@ def text_table(results: dict) -> str:
     lines = [f"fastproxy vs {', '.join(s['peers']) or '(no peer)'}: {s['rounds']} round(s) × "
              f"{s['duration_s']} s segments, {'pinned' if s['pinned'] else 'unpinned'}; "
              "medians over rounds; ratios are medians of per-round ratios [min–max]", ""]
-    for sc in results["summary"]:
+    for sc in shown(results):
         header, body = rows(results, sc)
         widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
         lines.append(_title(results, sc))
@@ -74,19 +104,23 @@ def text_table(results: dict) -> str:
         lines.append(fmt_row(header))
         lines.append("  ".join("-" * w for w in widths))
         lines.extend(fmt_row(r) for r in body)
+        for proxy, msg in failures(results, sc).items():
+            lines.append(f"FAILED on {proxy}: {failure_line(msg)}")
         lines.append("")
     return "\n".join(lines)
 
 
 def markdown_tables(results: dict, heading: str = "###") -> str:
     out = []
-    for sc in results["summary"]:
+    for sc in shown(results):
         header, body = rows(results, sc)
         out.append(f"{heading} {sc}\n\n{results['scenarios'][sc]['description']}\n")
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         out.extend("| " + " | ".join(r) + " |" for r in body)
         out.append("")
+        for proxy, msg in failures(results, sc).items():
+            out.append(f"**Failed on {proxy}:** {failure_line(msg)}\n")
     return "\n".join(out)
 
 
@@ -119,6 +153,13 @@ def compare(results: dict, baseline: dict, max_regression: float,
         if change > limit:
             problems.append(f"{what} {fd.label}: {cur:.4g} vs baseline {base:.4g} {fd.unit} "
                             f"({change:+.1%} worse, limit {max_regression:g}%)")
+
+    # A scenario that fastproxy failed in this run but has figures in the baseline.
+    for sc in results.get("scenarios", {}):
+        msg = failures(results, sc).get("fastproxy")
+        base = baseline.get("summary", {}).get(sc, {}).get("fastproxy", {})
+        if msg and any(v is not None for k, v in base.items() if k in FIGURES):
+            problems.append(f"{sc}: fastproxy failed: {failure_line(msg)}")
 
     for sc, per in results["summary"].items():
         if on == "ratio":
@@ -179,9 +220,9 @@ def plots(results: dict, outdir: str) -> List[str]:
             plt.close(fig)
             written.append(path)
         rat = results["ratios"].get(sc, {})
-        if rat:
-            keys = [k for k in results["scenarios"][sc]["figures"]
-                    if any(k in rat[p] for p in rat)]
+        keys = [k for k in results["scenarios"][sc]["figures"]
+                if any(k in rat[p] for p in rat)]
+        if keys:      # none when fastproxy (or every peer) failed the scenario
             fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys) + 2), 4))
             width = 0.8 / max(len(rat), 1)
             for i, (peer, figs) in enumerate(rat.items()):
@@ -220,8 +261,8 @@ METHOD = """\
   router filter, a STATIC cluster, admin), differing only in ports. HAProxy (`nbthread 1`) and
   nginx (`worker_processes 1`) get equivalent configs of their own.
 - **Upstream:** nginx with one worker, on loopback: 12 bytes for small requests, 1 MiB on `/1m`,
-  accepts 1 MiB uploads on `/upload`. Its CPU share is reported so it can be seen not to be the
-  bottleneck.
+  accepts 1 MiB uploads on `/upload`; for `grpc_unary` the same process also serves h2c on a
+  second port. Its CPU share is reported so it can be seen not to be the bottleneck.
 - **Interleaved segments.** All proxies stay running; each round measures every proxy in turn
   for one short segment (A/B/A/B...), after one unmeasured warm-up segment each. Figures are
   medians over rounds; ratios are the medians of the per-round ratios, with their min–max, so
@@ -231,10 +272,18 @@ METHOD = """\
   divided by the requests completed in it. For bulk transfers: CPU seconds per GB of payload.
 - **Memory:** sum of VmRSS over the proxy's process tree: before load (idle), peak during a
   segment (sampled every 50 ms), and for idle connections the growth per connection.
-- **Load:** wrk (closed loop) for most scenarios; an open-loop client (timetable of sends,
+- **Load:** wrk (closed loop) for most HTTP/1.1 scenarios; h2load (nghttp2, closed loop, HTTP/2
+  with prior knowledge, 4 connections × 10 concurrent streams, latency from its per-request
+  log) for `h2_multiplexed` and `grpc_unary`; an open-loop client (timetable of sends,
   latency counted from each scheduled send time, so a stall is not hidden by coordinated
   omission) for `fixed_rate`; a client holding idle keep-alive connections for
   `idle_connections`.
+- **gRPC:** `grpc_unary` sends one 16-byte length-prefixed message per POST
+  (`content-type: application/grpc`, `te: trailers`) through a cluster with
+  `http2_protocol_options` to an h2c nginx that reads the request, then answers 200, one
+  16-byte message and the trailer `grpc-status: 0`. Before measuring, each proxy's answer to one
+  call is checked with `nghttp -v` (h2load does not look at trailers): a proxy that drops the
+  trailer or changes the message fails the scenario.
 - **Pinning** (`--pin`): the proxy on CPU 0, the load generator, the upstream and the harness on
   CPU 1. The proxy then has a core of its own and does not compete with wrk, which makes the
   ratios much steadier; without it, the four processes share the cores as the scheduler likes.
@@ -280,8 +329,8 @@ def render_docs(results: dict, plot_dir: Optional[str], doc_path: str) -> str:
               "their min–max. Below 1 is better for fastproxy on lower-is-better figures "
               "(CPU, latency, memory), above 1 on higher-is-better ones (requests/s, MB/s).", ""]
     doc_dir = os.path.dirname(os.path.abspath(doc_path))
-    for sc in results["summary"]:
-        lines.append(markdown_tables({**results, "summary": {sc: results["summary"][sc]}},
+    for sc in shown(results):
+        lines.append(markdown_tables({**results, "scenarios": {sc: results["scenarios"][sc]}},
                                      heading="###"))
         if plot_dir:
             for kind in ("latency", "ratios"):

@@ -50,12 +50,18 @@ class Runner:
         self.n_total = sum(opts.rounds * len(self.proxy_names) for _ in opts.scenarios)
         self.n_done = 0
         self.idle_used: Optional[int] = None
+        # {scenario: {proxy: message}}: a proxy that could not start, or whose segment failed,
+        # is dropped from the rest of that scenario; the others go on.
+        self.failures: Dict[str, Dict[str, str]] = {}
 
     # -- checks ---------------------------------------------------------------------------
     def check_setup(self) -> None:
         needed = {"nginx"}
-        if any(s.tool == "wrk" for s in self.o.scenarios):
-            needed.add("wrk")
+        for tool in ("wrk", "h2load"):
+            if any(s.tool == tool for s in self.o.scenarios):
+                needed.add(tool)
+        if any(s.grpc_message_bytes for s in self.o.scenarios):
+            needed.add("nghttp")         # checks each proxy's answer to a gRPC call
         needed.update(p for p in self.proxy_names if p != "fastproxy")
         for name in sorted(needed):
             require(name)
@@ -75,17 +81,21 @@ class Runner:
         up_cpu.start()
         t0 = time.monotonic()
         extra: Dict[str, float] = {}
-        if sc.tool == "wrk":
-            res = load.run_wrk(sc, proxy.port, self.o.duration, workdir, self.load_cpus)
-        elif sc.tool == "openloop":
-            res = load.run_openloop(sc, proxy.port, self.o.duration, self.load_cpus)
-        elif sc.tool == "idle":
-            res, extra = self._idle(sc, proxy, rss_before)
-        else:
-            raise SetupError(f"scenario {sc.name}: no runner for tool {sc.tool!r}")
+        try:
+            if sc.tool == "wrk":
+                res = load.run_wrk(sc, proxy.port, self.o.duration, workdir, self.load_cpus)
+            elif sc.tool == "h2load":
+                res = load.run_h2load(sc, proxy.port, self.o.duration, workdir, self.load_cpus)
+            elif sc.tool == "openloop":
+                res = load.run_openloop(sc, proxy.port, self.o.duration, self.load_cpus)
+            elif sc.tool == "idle":
+                res, extra = self._idle(sc, proxy, rss_before)
+            else:
+                raise SetupError(f"scenario {sc.name}: no runner for tool {sc.tool!r}")
+        finally:
+            peak_mb = peak.stop()
         wall = time.monotonic() - t0
         cpu_s, up_s = cpu.stop(), up_cpu.stop()
-        peak_mb = peak.stop()
         loadgen_s = children_cpu_seconds() - ch0
 
         n = res.get("requests", 0)
@@ -143,22 +153,32 @@ class Runner:
         return res, extra
 
     # -- the run --------------------------------------------------------------------------
-    def _start(self, sc: Scenario, up: Upstream, workdir: str) -> Dict[str, Proxy]:
+    def _fail(self, sc: Scenario, name: str, exc: BaseException, rounds_left: int) -> None:
+        """Record that `name` failed `sc` and drop it from the rest of the scenario."""
+        msg = str(exc).strip() or type(exc).__name__
+        if not isinstance(exc, (SetupError, RuntimeError)):
+            msg = f"{type(exc).__name__}: {msg}"
+        self.failures.setdefault(sc.name, {})[name] = msg
+        self.n_total -= rounds_left
+        self.progress(f"FAILED: {sc.name} on {name}: " + msg.replace("\n", "\n    "))
+
+    def _start(self, sc: Scenario, up: Upstream, workdir: str, names: List[str],
+               rounds_left: int) -> Dict[str, Proxy]:
+        """Start the proxies named; one that does not come up is recorded as failed."""
         proxies: Dict[str, Proxy] = {}
         try:
-            for name in self.proxy_names:
-                proxies[name] = start_proxy(name, sc, up.port, workdir, self.proxy_cpus)
+            for name in names:
+                try:
+                    proxies[name] = start_proxy(name, sc, up.port_for(sc), workdir,
+                                                self.proxy_cpus)
+                except Exception as exc:
+                    self._fail(sc, name, exc, rounds_left)
             time.sleep(0.2)
         except BaseException:
             for p in proxies.values():
                 p.stop()
             raise
         return proxies
-
-    def _warm(self, sc: Scenario, proxies: Dict[str, Proxy], up: Upstream,
-              workdir: str) -> None:
-        for name, proxy in proxies.items():
-            self._segment(sc, proxy, up, -1, workdir)
 
     def run(self) -> dict:
         self.check_setup()
@@ -169,7 +189,8 @@ class Runner:
         with tempfile.TemporaryDirectory(prefix="fastproxy-bench-") as workdir:
             # nginx workers run as an unprivileged user when started as root: let them read.
             os.chmod(workdir, 0o755)
-            up = Upstream(workdir, self.load_cpus)
+            up = Upstream(workdir, self.load_cpus,
+                          h2=any(s.upstream_protocol == "h2" for s in self.o.scenarios))
             try:
                 for sc in self.o.scenarios:
                     self._run_scenario(sc, up, workdir)
@@ -187,21 +208,41 @@ class Runner:
                               f"file descriptor limit is {configs.fd_limit()}")
         proxies: Dict[str, Proxy] = {}
         idle: Dict[str, float] = {}
+        active = list(self.proxy_names)
+
+        def drop(name: str, exc: BaseException, rounds_left: int) -> None:
+            self._fail(sc, name, exc, rounds_left)
+            active.remove(name)
+            p = proxies.pop(name, None)
+            if p is not None:
+                p.stop()
+
         try:
             for rnd in range(self.o.rounds):
-                if not proxies or sc.fresh_proxies:
+                if rnd == 0 or sc.fresh_proxies:
                     for p in proxies.values():
                         p.stop()
-                    proxies = self._start(sc, up, workdir)
+                    proxies = self._start(sc, up, workdir, active, self.o.rounds - rnd)
+                    active[:] = [n for n in active if n in proxies]
                     idle = {n: tree_rss_mb(p.pid) for n, p in proxies.items()}
                     if sc.warmup and rnd == 0:
-                        self._warm(sc, proxies, up, workdir)
-                for name in self.proxy_names:
+                        for name in list(active):
+                            try:
+                                self._segment(sc, proxies[name], up, -1, workdir)
+                            except Exception as exc:
+                                drop(name, exc, self.o.rounds)
+                if not active:
+                    break
+                for name in list(active):
                     proxy = proxies[name]
-                    if not proxy.proc.alive():
-                        raise SetupError(f"{name} died during {sc.name}:\n"
-                                         f"{proxy.proc.log_tail()}")
-                    seg = self._segment(sc, proxy, up, rnd, workdir)
+                    try:
+                        if not proxy.proc.alive():
+                            raise SetupError(f"{name} died during {sc.name}:\n"
+                                             f"{proxy.proc.log_tail()}")
+                        seg = self._segment(sc, proxy, up, rnd, workdir)
+                    except Exception as exc:
+                        drop(name, exc, self.o.rounds - rnd)
+                        continue
                     if "idle_rss_mb" in seg["figures"]:
                         seg["figures"]["idle_rss_mb"] = idle[name]
                     self.segments.append(seg)
@@ -236,6 +277,7 @@ class Runner:
                             pinned=self.proxy_cpus is not None)
         res["settings"]["idle_connections"] = self.idle_used
         res["settings"]["fd_limit"] = configs.fd_limit()
+        res["failures"] = self.failures
         return res
 
 
@@ -284,7 +326,7 @@ def platform_info(proxy_names: List[str]) -> dict:
     except OSError:
         pass
     versions = {"python": platform.python_version()}
-    for name in ("envoy", "haproxy", "nginx", "wrk"):
+    for name in ("envoy", "haproxy", "nginx", "wrk", "h2load"):
         path = find_envoy() if name == "envoy" else find_tool(name)
         versions[name] = tool_version(name, path)
     try:

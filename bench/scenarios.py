@@ -1,10 +1,12 @@
 """The benchmark scenarios, declared in one table.
 
 Each scenario says which load tool drives it (and how), what the proxies' configuration must
-contain (number of routes, where the match is), and which figures it yields.  Adding a scenario
-is adding one ``Scenario(...)`` to ``SCENARIOS``; a new *kind* of load (HTTP/2 via h2load, gRPC,
-TLS) adds a ``tool`` value handled in ``bench/load.py`` and, where needed, a ``protocol`` value
-handled by the config generators in ``bench/configs.py``.
+contain (number of routes, where the match is, the protocols on both sides), and which figures
+it yields.  Adding a scenario is adding one ``Scenario(...)`` to ``SCENARIOS``; a new *kind* of
+load (say, TLS) adds a ``tool`` value handled in ``bench/load.py`` and, where needed, a
+``protocol`` value handled by the config generators in ``bench/configs.py``.  HTTP/2 is there:
+``tool="h2load"`` with ``protocol="h2"`` (clients with prior knowledge), and
+``upstream_protocol="h2"`` for an h2c upstream (``grpc_unary``).
 
 Figures are named in ``FIGURES`` (label, unit, and whether higher or lower is better), so the
 report, the ratios and ``--compare`` treat every figure the same way.
@@ -52,7 +54,7 @@ _BULK = ("mb_per_s", "cpu_s_per_gb", "rps", "p50_ms", "p99_ms", "max_ms", "peak_
 class Scenario:
     name: str
     description: str
-    tool: str                              # "wrk" | "openloop" | "idle" (later: "h2load", ...)
+    tool: str                              # "wrk" | "openloop" | "idle" | "h2load"
     figures: Tuple[str, ...]
     method: str = "GET"
     path: str = "/"
@@ -61,10 +63,15 @@ class Scenario:
     payload_bytes: int = 0                 # bytes per request that MB/s and s/GB count
     connections: int = 32
     threads: int = 1
+    streams: int = 1                       # h2load: concurrent streams per connection (-m)
+    grpc_message_bytes: int = 0            # h2load: the request body is one gRPC message
+                                           # (5-byte prefix + this many bytes)
     rate: int = 0                          # open loop: requests per second
     idle_connections: int = 0
     routes: int = 1                        # route table size of the generated configs
-    protocol: str = "http1"                # later: "h2", "grpc", "tls"
+    protocol: str = "http1"                # downstream: "http1" | "h2" (prior knowledge;
+                                           # listener codec_type AUTO); later: "tls"
+    upstream_protocol: str = "http1"       # "http1" | "h2" (h2c, cluster http2_protocol_options)
     tool_args: Tuple[str, ...] = ()        # passed through to the tool as they are
     primary: str = "cpu_us_per_req"        # the figure the summary and the overview plot lead with
     fresh_proxies: bool = False            # restart the proxies before every round
@@ -74,6 +81,13 @@ class Scenario:
         unknown = [f for f in self.figures if f not in FIGURES]
         if unknown:
             raise ValueError(f"scenario {self.name}: unknown figures {unknown}")
+        if self.protocol not in ("http1", "h2"):
+            raise ValueError(f"scenario {self.name}: unknown protocol {self.protocol!r}")
+        if self.upstream_protocol not in ("http1", "h2"):
+            raise ValueError(f"scenario {self.name}: unknown upstream_protocol "
+                             f"{self.upstream_protocol!r}")
+        if self.tool == "h2load" and self.protocol != "h2":
+            raise ValueError(f"scenario {self.name}: h2load needs protocol='h2'")
 
     @property
     def route_prefixes(self) -> List[str]:
@@ -82,6 +96,8 @@ class Scenario:
             return ["/"]
         return [f"/r/{i:04d}/" for i in range(self.routes)]
 
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 
 SCENARIOS: List[Scenario] = [
     Scenario(
@@ -147,6 +163,34 @@ SCENARIOS: List[Scenario] = [
         tool="wrk",
         path="/r/0999/x",
         routes=1000,
+        figures=_CLOSED,
+    ),
+    Scenario(
+        name="h2_multiplexed",
+        description="HTTP/2 prior-knowledge GETs of a 12-byte body, 4 connections × 10 "
+                    "concurrent streams, closed loop (h2load -t1 -c4 -m10); HTTP/1.1 upstream "
+                    "(the one of `small`)",
+        tool="h2load",
+        protocol="h2",
+        connections=4,
+        streams=10,
+        figures=_CLOSED,
+    ),
+    Scenario(
+        name="grpc_unary",
+        description="gRPC-shaped unary calls over HTTP/2 end to end: POSTs of a 16-byte "
+                    "length-prefixed message (content-type: application/grpc, te: trailers), "
+                    "4 connections × 10 concurrent streams (h2load -t1 -c4 -m10); h2c upstream "
+                    "answering 200, a 16-byte message and the trailer grpc-status: 0",
+        tool="h2load",
+        protocol="h2",
+        upstream_protocol="h2",
+        method="POST",
+        path="/bench.Echo/Unary",
+        headers=GRPC_HEADERS,
+        grpc_message_bytes=16,
+        connections=4,
+        streams=10,
         figures=_CLOSED,
     ),
 ]
