@@ -19,6 +19,13 @@ cdef enum:
     U_TUNNEL = 4
     U_CLOSED = 5
 
+# Stream.grpc_web: a gRPC-Web request (envoy.filters.http.grpc_web), as flags
+cdef enum:
+    GW_ON = 1          # content-type application/grpc-web[-text][+proto]: sent upstream as gRPC
+    GW_TEXT_IN = 2     # -text: the request body is base64, decoded on its way
+    GW_TEXT_OUT = 4    # accept: application/grpc-web-text[+proto]: the response is base64'd
+    GW_TRANSFORM = 8   # the answer is not gRPC: its body became grpc-status/grpc-message headers
+
 
 cdef struct OutBuf:
     char *data
@@ -49,6 +56,8 @@ cdef class ListenerRuntime:
     cdef RequestFilters filters     # HTTP filters before the router, None when there are none
     cdef list access_logs           # AccessLog objects, None when there are none
     cdef tuple log_wanted           # request headers the access logs read
+    cdef bint grpc_web             # envoy.filters.http.grpc_web in the filter chain
+    cdef bint grpc_web_after_rl    # ... after local_ratelimit (whose 429s it then never sees)
     cdef object server
 
 
@@ -148,6 +157,9 @@ cdef class Stream:
     cdef int grpc_status        # a local reply's grpc-status when not derived from the HTTP one
     cdef int64_t grpc_timeout   # the grpc-timeout (ms) to send upstream in place of the
                                 # client's (max_grpc_timeout / max_stream_duration), or -1
+    cdef int grpc_web           # GW_* flags of a gRPC-Web request (0: not one); grpc is then
+                                # set too (the router sees application/grpc)
+    cdef object gw              # GrpcWebState of a gRPC-Web request (codec state), or None
 
     cdef void reset(self)
 
@@ -199,6 +211,9 @@ cdef class DownstreamConnection:
                           tuple ops=*) except -1
     cdef int _grpc_local_reply(self, int status, bytes body, bint close, list extra,
                                tuple ops) except -1
+    cdef int _grpc_web_local_reply(self, int status, bytes body, bint close, list extra,
+                                   tuple ops) except -1
+    cdef bint _grpc_web_decode(self, size_t length, bint last) except -1
     cdef void _write(self, bytes data)
     cdef int _finish_stream(self) except -1
     cdef void _abort_stream(self)
@@ -232,6 +247,8 @@ cdef class UpstreamConnection:
     cdef void send(self, object data)
     cdef int _on_response_head(self, const char *data, size_t length, int head_len) except -1
     cdef int _on_response_body(self, object data) except -1
+    cdef int _grpc_web_body(self, object data) except -1
+    cdef int _grpc_web_data(self, bytes payload, bint done) except -1
     cdef void _finish_body_eof(self)
     cdef int _start_tunnel(self) except -1
     cdef int _response_done(self) except -1

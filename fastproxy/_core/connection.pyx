@@ -43,6 +43,8 @@ from fastproxy._core.accesslog cimport (
     RF_SI, RF_DPE, RF_DT, RF_UPE, RF_NC)
 
 import time as _time
+import struct as _struct
+from binascii import a2b_base64, b2a_base64, Error as BinasciiError
 from fastproxy._core.router import RouteTable as _RouteTable
 from fastproxy._core.lb import LoadBalancer as _LoadBalancer
 from fastproxy._core.stats import StatsSlot as _StatsSlot
@@ -103,6 +105,7 @@ cdef bytes BODY_DURATION_TIMEOUT = b"downstream duration timeout"
 cdef bytes BODY_PAYLOAD_TOO_LARGE = b"Payload Too Large"
 cdef bytes BODY_OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 cdef list OVERLOADED = [(b"x-envoy-overloaded", b"true")]
+cdef object _struct_frame = _struct.Struct(">BI")   # a gRPC frame header
 
 
 # Why an attempt failed (for retry_on)
@@ -260,6 +263,8 @@ cdef class ListenerRuntime:
         self.upgrade_types = frozenset(u.encode() for u in hcm.upgrade_types)
         self.codec = {"AUTO": 0, "HTTP1": 1, "HTTP2": 2}.get(hcm.codec_type, 0)
         self.filters = make_request_filters(hcm, worker.shm_path, worker.index)
+        self.grpc_web = getattr(hcm, "grpc_web", False)
+        self.grpc_web_after_rl = getattr(hcm, "grpc_web_after_ratelimit", False)
         self.access_logs = None
         self.log_wanted = ()
         if getattr(hcm, "access_logs", None):
@@ -549,6 +554,8 @@ cdef class Stream:
         self.grpc = False
         self.grpc_status = -1
         self.grpc_timeout = -1
+        self.grpc_web = 0
+        self.gw = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,6 +753,7 @@ cdef class DownstreamConnection:
         cdef UpstreamConnection up
         cdef int host
         cdef bytes out
+        cdef int64_t gw_length = -1
 
         s.reset()
         s.start_time = now()
@@ -804,18 +812,27 @@ cdef class DownstreamConnection:
 
         v[lr.http_base + HTTP_RQ_TOTAL] += 1
         s.grpc = is_grpc(head)
+        if lr.grpc_web:
+            s.grpc_web = grpc_web_request(head)
         action = lr.routes.route(head, d, False, w.random())
         if lr.filters is not None:
             # HTTP filters before the router see every request, whatever the route says.
             rc = lr.filters.on_request(head, d)
             if rc:
                 set_flag(s, RF_RL)
+                if lr.grpc_web_after_rl:
+                    s.grpc_web = 0  # answered before the gRPC-Web filter saw the request
                 self._consume(head_len)
                 self.state = S_WAIT
                 s.response_headers = lr.filters.reply_late_headers
                 return self._local_reply(rc, lr.filters.reply_body, head.body_kind != BODY_NONE,
                                          lr.filters.reply_headers)
             s.response_headers = lr.filters.response_headers(d)
+        if s.grpc_web:
+            # the gRPC-Web filter (before the router) turns the request into a gRPC one
+            s.grpc = True
+            s.gw = GrpcWebState()
+            gw_length = grpc_web_request_head(head)
         if action != ACTION_ROUTE:
             self._consume(head_len)
             self.state = S_WAIT
@@ -886,6 +903,9 @@ cdef class DownstreamConnection:
                 s.request_remaining = head.content_length
         elif head.body_kind == BODY_CHUNKED:
             body_decoder_init(&self.body, BODY_CHUNKED, 0)
+        if gw_length > 0:
+            # gRPC-Web: a content-length body goes upstream chunked (Envoy drops the length)
+            body_decoder_init(&self.body, BODY_LENGTH, gw_length)
         self._consume(head_len)
 
         if s.retries_left > 0:
@@ -1174,6 +1194,8 @@ cdef class DownstreamConnection:
             ob_put(b, b"x-request-id: ", 14)
             w.put_uuid4(b)
             ob_put(b, b"\r\n", 2)
+        if self.stream.grpc_web:
+            grpc_web_request_headers(b, head)
         if expected > 0:
             ob_put(b, b"x-envoy-expected-rq-timeout-ms: ", 32)
             ob_put_int(b, expected)
@@ -1237,7 +1259,10 @@ cdef class DownstreamConnection:
                 s.keep_alive = False
                 self._upstream_failed(400, BODY_BAD_REQUEST)
             return 0
-        if length > 0:
+        if s.grpc_web & GW_TEXT_IN:
+            if not self._grpc_web_decode(length, rc == 1):
+                return 0  # answered: bad base64
+        elif length > 0:
             s.bytes_received += length
             self._forward_upstream(chunk_frame(PyByteArray_AS_STRING(self.buf), length))
         del self.buf[:consumed]
@@ -1531,6 +1556,8 @@ cdef class DownstreamConnection:
         if close or self.closing or not s.keep_alive:
             close = True
         b.length = 0
+        if s.grpc_web:
+            return self._grpc_web_local_reply(status, body, close, extra, ops)
         if s.grpc:
             return self._grpc_local_reply(status, body, close, extra, ops)
         ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
@@ -1624,6 +1651,101 @@ cdef class DownstreamConnection:
             s.keep_alive = False
         self._finish_stream()
         return 0
+
+    cdef int _grpc_web_local_reply(self, int status, bytes body, bint close, list extra,
+                                   tuple ops) except -1:
+        """A local reply to a gRPC-Web request, as Envoy's gRPC-Web filter turns it.  It is not
+        a gRPC local reply (the request was not gRPC when the connection manager looked at it):
+        the HTTP status stays, content-type becomes application/grpc-web(-text)+proto, and a body
+        becomes grpc-message (percent-encoded) and grpc-status (from the HTTP status) headers,
+        with content-length 0 and no body."""
+        cdef Stream s = self.stream
+        cdef Worker w = self.worker
+        cdef OutBuf *b = &w.out
+        cdef bint transform = body is not None and len(body) > 0 and not s.is_head
+        cdef bytes ct = CT_GRPC_WEB_TEXT if s.grpc_web & GW_TEXT_OUT else CT_GRPC_WEB
+        ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
+        if extra:
+            for name, value in extra:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
+        if ops:
+            apply_ops(b, ops)
+        if body:
+            # the local reply's content-type, rewritten in place (its content-length dropped)
+            ob_put(b, b"content-type: ", 14)
+            ob_put_bytes(b, ct)
+            ob_put(b, b"\r\n", 2)
+        if s.response_headers:
+            for name, value in s.response_headers:
+                ob_put_bytes(b, name)
+                ob_put(b, b": ", 2)
+                ob_put_bytes(b, value)
+                ob_put(b, b"\r\n", 2)
+        if not body:
+            ob_put(b, b"content-type: ", 14)
+            ob_put_bytes(b, ct)
+            ob_put(b, b"\r\n", 2)
+        if transform:
+            s.grpc_web |= GW_TRANSFORM
+            put_grpc_web_status(b, status, body)
+        ob_put(b, b"date: ", 6)
+        ob_put_bytes(b, w.date())
+        ob_put(b, b"\r\nserver: ", 10)
+        ob_put_bytes(b, self.listener.server_name)
+        ob_put(b, b"\r\n", 2)
+        if close:
+            ob_put(b, b"connection: close\r\n", 19)
+        if not transform and status != 204 and status != 304 and status >= 200:
+            # the codec's framing of an answer without a body
+            if s.is_head:
+                ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+            else:
+                ob_put(b, b"content-length: 0\r\n", 19)
+        ob_put(b, b"\r\n", 2)
+        s.status = status
+        s.response_started = True
+        self._write(ob_take(b))
+        if close:
+            s.keep_alive = False
+        self._finish_stream()
+        return 0
+
+    cdef bint _grpc_web_decode(self, size_t length, bint last) except -1:
+        """A piece of a gRPC-Web text request body (self.buf[:length]; `last`: the body ends
+        with it).  As Envoy's filter: what makes whole groups of 4 characters (with what earlier
+        pieces left) is base64-decoded and forwarded, the rest waits; a body whose length is not
+        a multiple of 4 at its end, or that does not decode, is answered 400.  Returns False
+        when it was answered."""
+        cdef Stream s = self.stream
+        cdef GrpcWebState st = <GrpcWebState>s.gw
+        cdef bytes data = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.buf), length)
+        cdef bytes text, decoded = None
+        cdef size_t have = PyBytes_GET_SIZE(st.b64_rest) + length, take
+        cdef bint bad = False
+        s.bytes_received += length
+        if last:
+            if have == 0:
+                return True
+            bad = have % 4 != 0
+        elif have < 4:
+            st.b64_rest += data
+            return True
+        if not bad:
+            take = have // 4 * 4 - PyBytes_GET_SIZE(st.b64_rest)
+            text = st.b64_rest + data[:take]
+            st.b64_rest = data[take:]
+            decoded = envoy_base64_decode(text)
+            bad = decoded is None
+        if bad:
+            del self.buf[:]
+            s.keep_alive = False
+            self._upstream_failed(400, BODY_GRPC_WEB_BASE64)
+            return False
+        self._forward_upstream(chunk_frame(PyBytes_AS_STRING(decoded), PyBytes_GET_SIZE(decoded)))
+        return True
 
     cdef void _write(self, bytes data):
         self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_TX_BYTES_TOTAL] += \
@@ -1865,17 +1987,259 @@ cdef int http_to_grpc_status(int status) noexcept:
 
 
 cdef bytes grpc_percent_encode(bytes text):
-    """grpc-message encoding: bytes outside printable ASCII, and '%', as %XX."""
+    """grpc-message encoding as Envoy's PercentEncoding::encode: bytes below ' ', from '~' up
+    (Envoy escapes '~' too), and '%', as %XX."""
     cdef unsigned char c
     cdef bint plain = True
     for c in text:
-        if c < 0x20 or c > 0x7e or c == 0x25:
+        if c < 0x20 or c >= 0x7e or c == 0x25:
             plain = False
             break
     if plain:
         return text
-    return b"".join(b"%%%02X" % c if (c < 0x20 or c > 0x7e or c == 0x25) else bytes((c,))
+    return b"".join(b"%%%02X" % c if (c < 0x20 or c >= 0x7e or c == 0x25) else bytes((c,))
                     for c in text)
+
+
+# -- gRPC-Web (envoy.filters.http.grpc_web) ----------------------------------------------------
+
+cdef bytes CT_GRPC_WEB = b"application/grpc-web+proto"
+cdef bytes CT_GRPC_WEB_TEXT = b"application/grpc-web-text+proto"
+cdef const char *CT_GRPC = b"application/grpc"
+cdef const char *CT_GRPC_WEB_C = b"application/grpc-web+proto"
+cdef const char *CT_GRPC_WEB_TEXT_C = b"application/grpc-web-text+proto"
+cdef bytes BODY_GRPC_WEB_BASE64 = b"Bad gRPC-web request, invalid base64 data."
+cdef Py_ssize_t GRPC_WEB_MAX_MESSAGE = 16384   # Envoy's MAX_BUFFERED_PLAINTEXT_LENGTH
+cdef bytes B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+cdef class GrpcWebState:
+    """The codec state of one gRPC-Web stream."""
+    cdef bytes b64_rest      # request (-text): base64 characters short of a group of 4
+    cdef bytearray frame     # response (-text): an incomplete gRPC frame
+    cdef bytes head_a        # an answer being turned into grpc-status/grpc-message: its head,
+    cdef bytes head_b        # before and after the place of those headers
+    cdef list held           # ... and the body so far (up to 16 KiB)
+    cdef Py_ssize_t held_size
+
+    def __cinit__(self):
+        self.b64_rest = b""
+
+
+cdef inline bint _value_is(const char *v, size_t n, const char *lit, size_t m) noexcept:
+    return n == m and memcmp(v, lit, m) == 0
+
+
+cdef int grpc_web_request(RequestHead *head) noexcept:
+    """Envoy's gRPC-Web request test: content-type exactly application/grpc-web,
+    application/grpc-web+proto, application/grpc-web-text or application/grpc-web-text+proto.
+    Returns the GW_* flags (GW_TEXT_OUT when accept is exactly one of the -text ones), or 0."""
+    cdef int i = find_header(head.headers, head.num_headers, b"content-type", 12)
+    cdef int flags
+    cdef const char *v
+    cdef size_t n
+    if i < 0:
+        return 0
+    v = head.headers[i].value
+    n = head.headers[i].value_len
+    if _value_is(v, n, b"application/grpc-web", 20) or \
+            _value_is(v, n, b"application/grpc-web+proto", 26):
+        flags = GW_ON
+    elif _value_is(v, n, b"application/grpc-web-text", 25) or \
+            _value_is(v, n, b"application/grpc-web-text+proto", 31):
+        flags = GW_ON | GW_TEXT_IN
+    else:
+        return 0
+    i = find_header(head.headers, head.num_headers, b"accept", 6)
+    if i >= 0:
+        v = head.headers[i].value
+        n = head.headers[i].value_len
+        if _value_is(v, n, b"application/grpc-web-text", 25) or \
+                _value_is(v, n, b"application/grpc-web-text+proto", 31):
+            flags |= GW_TEXT_OUT
+    return flags
+
+
+cdef int64_t grpc_web_request_head(RequestHead *head) noexcept:
+    """The gRPC-Web filter on a request head, in place (after routing, as in Envoy):
+    content-type application/grpc, content-length dropped (a header without a name is skipped
+    as hop-by-hop).  A body with a length then goes upstream chunked: returns that length (for
+    the body decoder), else -1."""
+    cdef int i = find_header(head.headers, head.num_headers, b"content-type", 12)
+    if i >= 0:
+        head.headers[i].value = CT_GRPC
+        head.headers[i].value_len = 16
+    i = find_header(head.headers, head.num_headers, b"content-length", 14)
+    if i >= 0:
+        head.headers[i].name = NULL
+        head.headers[i].name_len = 0
+    if head.body_kind == BODY_LENGTH:
+        head.body_kind = BODY_CHUNKED
+        return head.content_length
+    return -1
+
+
+cdef int grpc_web_request_headers(OutBuf *b, RequestHead *head) except -1:
+    """What the gRPC-Web filter adds to the upstream request (after the connection manager's
+    own additions): te: trailers, unless the client's (kept) says so, and
+    grpc-accept-encoding: identity unless the client sent one."""
+    cdef int i = find_header(head.headers, head.num_headers, b"te", 2)
+    if i < 0 or not name_eq(head.headers[i].value, head.headers[i].value_len, b"trailers", 8):
+        ob_put(b, b"te: trailers\r\n", 14)
+    if find_header(head.headers, head.num_headers, b"grpc-accept-encoding", 20) < 0:
+        ob_put(b, b"grpc-accept-encoding: identity\r\n", 32)
+    return 0
+
+
+cdef bint _grpc_content_type(const char *v, size_t n) noexcept:
+    """Envoy's gRPC content-type test (as is_grpc)."""
+    return n >= 16 and memcmp(v, b"application/grpc", 16) == 0 and (
+        n == 16 or v[16] == 43 or v[16] == 59)
+
+
+cdef bint _grpc_web_proto_content_type(const char *v, size_t n) noexcept:
+    """application/grpc-web or application/grpc-web+proto, any case, parameters ignored."""
+    cdef size_t i, m = 0
+    cdef const char *lit
+    while m < n and v[m] != 59:   # ';'
+        m += 1
+    while m > 0 and (v[m - 1] == 32 or v[m - 1] == 9):
+        m -= 1
+    if m == 20:
+        lit = b"application/grpc-web"
+    elif m == 26:
+        lit = b"application/grpc-web+proto"
+    else:
+        return False
+    for i in range(m):
+        if (v[i] | 0x20 if 65 <= v[i] <= 90 else v[i]) != lit[i]:
+            return False
+    return True
+
+
+cdef int grpc_web_response_head(Stream s, ResponseHead *head) noexcept:
+    """The gRPC-Web filter on the response head, in place: content-type (when there is one)
+    becomes application/grpc-web(-text)+proto, content-length is dropped.  An answer with a body
+    that is neither gRPC (200 and a gRPC content-type) nor proto-encoded gRPC-Web is flagged
+    GW_TRANSFORM; a bodyless one is gRPC when it has a grpc-status (trailers-only) and is never
+    transformed.  Returns the stream's GW_* flags."""
+    cdef int ct = find_header(head.headers, head.num_headers, b"content-type", 12)
+    cdef int i
+    cdef bint grpc
+    if head.body_kind != BODY_NONE:
+        grpc = head.status == 200 and ct >= 0 and (
+            _grpc_content_type(head.headers[ct].value, head.headers[ct].value_len) or
+            _grpc_web_proto_content_type(head.headers[ct].value, head.headers[ct].value_len))
+        if not grpc:
+            s.grpc_web |= GW_TRANSFORM
+    i = find_header(head.headers, head.num_headers, b"content-length", 14)
+    if i >= 0:
+        head.headers[i].name = NULL
+        head.headers[i].name_len = 0
+    if ct >= 0:
+        if s.grpc_web & GW_TEXT_OUT:
+            head.headers[ct].value = CT_GRPC_WEB_TEXT_C
+            head.headers[ct].value_len = 31
+        else:
+            head.headers[ct].value = CT_GRPC_WEB_C
+            head.headers[ct].value_len = 26
+    return s.grpc_web
+
+
+cdef int grpc_web_response_middle(Stream s, OutBuf *b, ResponseHead *head) except -1:
+    """After the headers of the route and the filters: the gRPC-Web content-type when the
+    upstream sent none; an answer being transformed keeps what is written so far (its
+    grpc-status/grpc-message go here once the body is in)."""
+    if find_header(head.headers, head.num_headers, b"content-type", 12) < 0:
+        ob_put(b, b"content-type: ", 14)
+        ob_put_bytes(b, CT_GRPC_WEB_TEXT if s.grpc_web & GW_TEXT_OUT else CT_GRPC_WEB)
+        ob_put(b, b"\r\n", 2)
+    if s.grpc_web & GW_TRANSFORM:
+        (<GrpcWebState>s.gw).head_a = ob_take(b)
+    return 0
+
+
+cdef int grpc_web_response_framing(Stream s, OutBuf *b, ResponseHead *head) except -1:
+    """The framing of a gRPC-Web answer to the client: a body goes chunked (its length changes),
+    a bodyless answer gets the codec's content-length: 0.  A transformed answer gets its
+    content-length: 0 with the grpc-* headers."""
+    if s.grpc_web & GW_TRANSFORM:
+        return 0
+    if head.body_kind != BODY_NONE:
+        s.downstream_chunked = True
+        ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+    elif s.is_head:
+        ob_put(b, b"transfer-encoding: chunked\r\n", 28)
+    elif head.status != 204 and head.status != 304:
+        ob_put(b, b"content-length: 0\r\n", 19)
+    return 0
+
+
+cdef int put_grpc_web_status(OutBuf *b, int status, bytes message) except -1:
+    """The headers of an answer the gRPC-Web filter turned into a bodyless one."""
+    ob_put(b, b"grpc-message: ", 14)
+    ob_put_bytes(b, grpc_percent_encode(message))
+    ob_put(b, b"\r\ngrpc-status: ", 15)
+    ob_put_int(b, http_to_grpc_status(status))
+    ob_put(b, b"\r\ncontent-length: 0\r\n", 21)
+    return 0
+
+
+cdef bytes grpc_web_trailers_frame(list trailers):
+    """The trailers as a gRPC-Web body frame: flag 0x80, length, "name:value\\r\\n" lines."""
+    cdef bytes text = b"".join([n + b":" + v + b"\r\n" for n, v in trailers])
+    return _struct_frame.pack(0x80, len(text)) + text
+
+
+cdef bytes grpc_web_text_frames(GrpcWebState st, bytes data):
+    """Base64 of each gRPC frame completed by `data` (frames are encoded one by one, each with
+    its padding, as Envoy's filter does); an incomplete frame waits in the state.  A frame with
+    flags other than 0/1 stops the decoding as Envoy's decoder does: that piece then goes out
+    raw, followed by the frames completed before the bad one (nothing when there are none)."""
+    cdef bytearray buf
+    cdef Py_ssize_t pos = 0, n
+    cdef const unsigned char *p
+    cdef uint64_t length
+    cdef list out = []
+    if st.frame is None:
+        st.frame = bytearray(data)
+    else:
+        st.frame += data
+    buf = st.frame
+    n = PyByteArray_GET_SIZE(buf)
+    p = <const unsigned char *>PyByteArray_AS_STRING(buf)
+    while pos < n:
+        if p[pos] & 0xFE:
+            del buf[:]
+            return data + b"".join(out) if out else b""
+        if n - pos < 5:
+            break
+        length = (<uint64_t>p[pos + 1] << 24) | (<uint64_t>p[pos + 2] << 16) | \
+            (<uint64_t>p[pos + 3] << 8) | p[pos + 4]
+        if <uint64_t>(n - pos - 5) < length:
+            break
+        out.append(b2a_base64(PyByteArray_AS_STRING(buf)[pos:pos + 5 + length], newline=False))
+        pos += 5 + <Py_ssize_t>length
+    if pos:
+        del buf[:pos]
+    return b"".join(out)
+
+
+cdef bytes envoy_base64_decode(bytes text):
+    """Envoy's Base64::decode: a non-empty multiple of 4 characters of the standard alphabet,
+    '=' only as the last one or two, the bits past the data zero.  None when invalid."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text)
+    cdef int pad
+    if n == 0 or n % 4:
+        return None
+    try:
+        out = a2b_base64(text, strict_mode=True)
+    except BinasciiError:
+        return None
+    pad = (text[n - 1] == 61) + (text[n - 2] == 61)
+    if pad and B64_ALPHABET.index(text[n - 1 - pad]) & (0x0F if pad == 2 else 0x03):
+        return None  # bits past the data (binascii ignores them; Envoy refuses them)
+    return out
 
 
 cdef inline void set_flag(Stream s, int flag):
@@ -2283,6 +2647,7 @@ cdef class UpstreamConnection:
         cdef bint seen_server = False, seen_date = False
         cdef int body_kind = head.body_kind
         cdef bytes out
+        cdef int gw = 0
         if self.cluster.state is not None:
             self.cluster.state.report_response(self.host, head.status)
         if s.hedges is not None:
@@ -2314,6 +2679,8 @@ cdef class UpstreamConnection:
         s.status = head.status
         s.response_started = True
         self.keep_alive = head.keep_alive
+        if s.grpc_web:
+            gw = grpc_web_response_head(s, head)
         if s.per_try_timer is not None:
             s.per_try_timer.cancel()
             s.per_try_timer = None
@@ -2355,6 +2722,8 @@ cdef class UpstreamConnection:
                 ob_put(b, b": ", 2)
                 ob_put_bytes(b, value)
                 ob_put(b, b"\r\n", 2)
+        if gw:
+            grpc_web_response_middle(s, b, head)
         if not seen_date:
             ob_put(b, b"date: ", 6)
             ob_put_bytes(b, w.date())
@@ -2370,15 +2739,17 @@ cdef class UpstreamConnection:
         elif not s.keep_alive or down.closing:
             s.keep_alive = False
             ob_put(b, b"connection: close\r\n", 19)
-        if not tunnel and (body_kind == BODY_CHUNKED or body_kind == BODY_EOF):
+        if gw:
+            grpc_web_response_framing(s, b, head)
+        elif not tunnel and (body_kind == BODY_CHUNKED or body_kind == BODY_EOF):
             s.downstream_chunked = True
             ob_put(b, b"transfer-encoding: chunked\r\n", 28)
         elif s.is_head and head.te_index >= 0:
             ob_put(b, b"transfer-encoding: chunked\r\n", 28)
         # A body that is already here in full goes out with the head: one write, not two.
         cdef int64_t whole = 0
-        if body_kind == BODY_LENGTH and <int64_t>(length - head_len) >= head.content_length \
-                and head.content_length <= 65536:
+        if body_kind == BODY_LENGTH and not gw and \
+                <int64_t>(length - head_len) >= head.content_length and head.content_length <= 65536:
             whole = head.content_length
         ob_put(b, b"\r\n", 2)
         if whole:
@@ -2386,6 +2757,12 @@ cdef class UpstreamConnection:
         out = ob_take(b)
         del self.buf[:head_len + whole]
         s.bytes_sent += whole
+        if gw & GW_TRANSFORM:
+            # gRPC-Web, not a gRPC answer: the head waits for the body (its grpc-message)
+            (<GrpcWebState>s.gw).head_b = out
+            body_decoder_init(&self.body, body_kind, head.content_length)
+            self.state = U_BODY
+            return 0
         down._write(out)
         if whole:
             if <int64_t>(length - head_len) > whole:
@@ -2407,6 +2784,8 @@ cdef class UpstreamConnection:
         cdef size_t length, consumed
         cdef int rc
         cdef bytearray work
+        if s.grpc_web:
+            return self._grpc_web_body(data)
         if d.kind == BODY_LENGTH:
             s.bytes_sent += min(n, d.remaining)
             if n >= d.remaining:
@@ -2443,6 +2822,84 @@ cdef class UpstreamConnection:
             return self._response_done()
         return 0
 
+    cdef int _grpc_web_body(self, object data) except -1:
+        """Response body bytes of a gRPC-Web request: unframed here (content-length, chunked
+        or until close), then translated by _grpc_web_data."""
+        cdef BodyDecoder *d = &self.body
+        cdef Py_ssize_t n = len(data)
+        cdef size_t length, consumed
+        cdef int rc
+        cdef bytearray work
+        if d.kind == BODY_LENGTH:
+            if n >= d.remaining:
+                if n > d.remaining:
+                    data = data[:d.remaining]
+                    self.keep_alive = False  # bytes beyond the declared length
+                d.remaining = 0
+                return self._grpc_web_data(bytes(data), True)
+            d.remaining -= n
+            return self._grpc_web_data(bytes(data), False)
+        if d.kind == BODY_EOF:
+            return self._grpc_web_data(bytes(data), False)
+        work = bytearray(data)
+        length = n
+        rc = body_decode(d, PyByteArray_AS_STRING(work), &length, &consumed)
+        if rc < 0:
+            self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_PROTOCOL_ERROR] += 1
+            self._fail("protocol error", 502)
+            return 0
+        if rc == 1 and consumed < <size_t>n:
+            self.keep_alive = False
+        return self._grpc_web_data(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(work), length),
+                                   rc == 1)
+
+    cdef int _grpc_web_data(self, bytes payload, bint done) except -1:
+        """A piece of the response body of a gRPC-Web request, as Envoy's gRPC-Web filter passes
+        it on: an answer that is not gRPC is held (up to 16 KiB) to become the grpc-message of
+        a bodyless answer; otherwise the body goes through (for -text, every gRPC frame
+        base64-encoded on its own once complete) and the trailers (HTTP/2 upstreams) follow in
+        the body as one more frame, flag 0x80, never as trailers."""
+        cdef Stream s = self.stream
+        cdef DownstreamConnection down = s.downstream
+        cdef GrpcWebState st = <GrpcWebState>s.gw
+        cdef OutBuf *b = &self.cluster.worker.out
+        cdef bytes out
+        cdef list trailers
+        if s.grpc_web & GW_TRANSFORM:
+            if PyBytes_GET_SIZE(payload) and st.held_size < GRPC_WEB_MAX_MESSAGE:
+                if st.held is None:
+                    st.held = []
+                st.held.append(payload)
+                st.held_size += PyBytes_GET_SIZE(payload)
+            if not done:
+                return 0
+            b.length = 0
+            ob_put_bytes(b, st.head_a)
+            put_grpc_web_status(b, s.status, b"".join(st.held)[:GRPC_WEB_MAX_MESSAGE]
+                                if st.held is not None else b"")
+            ob_put_bytes(b, st.head_b)
+            st.held = None
+            down._write(ob_take(b))
+            return self._response_done()
+        out = grpc_web_text_frames(st, payload) if s.grpc_web & GW_TEXT_OUT else payload
+        if PyBytes_GET_SIZE(out):
+            s.bytes_sent += PyBytes_GET_SIZE(out)
+            down._write(chunk_frame(PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out)))
+        if not done:
+            return 0
+        trailers = s.response_trailers
+        s.response_trailers = None  # in the body now: no HTTP/1 or HTTP/2 trailers follow
+        if trailers:
+            out = grpc_web_trailers_frame(trailers)
+            if s.grpc_web & GW_TEXT_OUT:
+                out = b2a_base64(out, newline=False)
+            s.bytes_sent += PyBytes_GET_SIZE(out)
+            # two writes, as Envoy sends two pieces: to an HTTP/2 client the frame is DATA and
+            # the end an empty DATA frame with END_STREAM
+            down._write(chunk_frame(PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out)))
+        down._write(LAST_CHUNK)
+        return self._response_done()
+
     cdef int _start_tunnel(self) except -1:
         """101 Switching Protocols: from now on bytes pass through both ways untouched."""
         cdef Stream s = self.stream
@@ -2465,6 +2922,9 @@ cdef class UpstreamConnection:
 
     cdef void _finish_body_eof(self):
         cdef Stream s = self.stream
+        if s.grpc_web:
+            self._grpc_web_data(b"", True)
+            return
         s.downstream._write(last_chunk(s, s.downstream))
         self._response_done()
 
@@ -2615,12 +3075,12 @@ cdef class Worker:
                         s.downstream._on_timeout()
                 else:
                     tick = <int64_t>(s.deadline / WHEEL_TICK) + 1
-                    if tick <= self.wheel_tick:
-                        tick = self.wheel_tick + 1      # due within the next tick
-                    if tick - self.wheel_tick >= DEF_WHEEL_SLOTS:
-                        keep.append(s)                  # a later turn of the wheel
+                    if tick % DEF_WHEEL_SLOTS != self.wheel_tick % DEF_WHEEL_SLOTS:
+                        # stale: the stream was re-armed since (keep-alive, a recycled HTTP/2
+                        # stream), and its live entry sits in the slot of its new deadline
+                        self.wheel_count -= 1
                     else:
-                        (<list>self.wheel[tick % DEF_WHEEL_SLOTS]).append(s)
+                        keep.append(s)                  # a later turn of the wheel
         if self.wheel_count > 0:
             self.wheel_handle = self.loop.call_later(WHEEL_TICK, self._wheel_turn)
 
@@ -2696,7 +3156,7 @@ cdef class Worker:
     def _sweep(self):
         cdef double t = now()
         for c in list(self.connections):
-            (<DownstreamConnection>c).sweep(t)
+            c.sweep(t)  # HTTP/1 and HTTP/2 connections
         self.sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
 
     def stop_listening(self):
@@ -2713,7 +3173,7 @@ cdef class Worker:
         deadline = now() + timeout_s
         while self.connections and now() < deadline:
             for c in list(self.connections):
-                (<DownstreamConnection>c).close_if_idle()
+                c.close_if_idle()
             await asyncio.sleep(0.05)
 
     def close(self):
@@ -2728,7 +3188,10 @@ cdef class Worker:
             self.wheel_handle = None
         self.stop_listening()
         for c in list(self.connections):
-            (<DownstreamConnection>c)._close()
+            if isinstance(c, DownstreamConnection):
+                (<DownstreamConnection>c)._close()
+            else:
+                c._close_now()  # an HTTP/2 connection
         for cr in self.clusters.values():
             if (<ClusterRuntime>cr).dns_task is not None:
                 (<ClusterRuntime>cr).dns_task.cancel()

@@ -16,23 +16,39 @@ stream has more than the listener's buffer limit queued.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.stdlib cimport malloc, free
 
 from fastproxy._core.http1 cimport (
     ResponseHead, BodyDecoder, parse_response_head, body_decoder_init, body_decode,
-    is_hop_by_hop_name, PARSE_INCOMPLETE, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_EOF,
+    is_hop_by_hop_name, name_eq, PARSE_INCOMPLETE, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
+    BODY_EOF,
 )
+from fastproxy._core.includes.picohttpparser cimport phr_header
+from fastproxy._core.includes.nghttp2 cimport nghttp2_nv, NGHTTP2_NV_FLAG_NONE
+from libc.stdint cimport uint8_t
 from fastproxy._core.http2 cimport (
     H2Handler, H2Session, H2Options, h2_options_init, H2_OK, H2_ERR_PROTOCOL,
+    h2_options_from_model, H2Keepalive,
 )
 from fastproxy._core.connection cimport (
-    DownstreamConnection, ListenerRuntime, Worker, Stream, UpstreamConnection,
+    DownstreamConnection, ListenerRuntime, Worker, Stream, UpstreamConnection, GW_TRANSFORM,
 )
 from fastproxy._core.stats cimport *
+from fastproxy._core.router cimport RouteDecision
 
 import logging
 _log = logging.getLogger("fastproxy.http2")
+
+cdef inline double now_s() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef enum:
+    FP_NV_MAX = 132  # FP_MAX_HEADERS (128) + pseudo-headers
 
 cdef uint32_t NGHTTP2_CANCEL = 8
 cdef uint32_t NGHTTP2_INTERNAL_ERROR = 2
@@ -41,6 +57,66 @@ cdef uint32_t NGHTTP2_INTERNAL_ERROR = 2
 # HTTP/2 anyway; nghttp2 refuses those).
 cdef frozenset SKIP_REQUEST = frozenset([b"connection", b"keep-alive", b"proxy-connection",
                                          b"transfer-encoding", b"upgrade", b"host"])
+
+
+# Streams of finished HTTP/2 requests, for the next ones: besides the allocation, this bounds
+# what the worker's timer wheel keeps alive (its entries for finished requests are dropped
+# lazily, up to one turn of the wheel later).
+cdef list _free_streams = []
+cdef Py_ssize_t FREE_STREAMS_MAX = 4096
+
+
+cdef H2StreamBridge new_bridge(ListenerRuntime listener):
+    """DownstreamConnection.__init__ for a bridged stream, with a recycled Stream."""
+    cdef H2StreamBridge b = H2StreamBridge.__new__(H2StreamBridge)
+    cdef Stream s
+    b.listener = listener
+    b.worker = listener.worker
+    b.buf = bytearray()
+    b.state = 0  # S_HEAD
+    if _free_streams:
+        s = <Stream>_free_streams.pop()
+    else:
+        s = Stream()
+        s.decision = RouteDecision()
+    s.downstream = b
+    b.stream = s
+    b.closing = False
+    b.read_paused = False
+    b.write_paused = False
+    b.remote_ip = None
+    b.sniffed = True  # (codec AUTO: the connection itself was sniffed)
+    return b
+
+
+cdef size_t response_nv(ResponseHead *head, nghttp2_nv *nva, char *status,
+                        bint drop_length) noexcept:
+    """The HTTP/2 fields of a response head written by the response path (names already lower
+    case), pointing into its buffer: :status, then the fields but the hop-by-hop ones."""
+    cdef size_t i, k = 1
+    cdef const phr_header *h
+    cdef int code = head.status
+    status[0] = <char>(48 + code // 100 % 10)
+    status[1] = <char>(48 + code // 10 % 10)
+    status[2] = <char>(48 + code % 10)
+    nva[0].name = <uint8_t *>b":status"
+    nva[0].namelen = 7
+    nva[0].value = <uint8_t *>status
+    nva[0].valuelen = 3
+    nva[0].flags = NGHTTP2_NV_FLAG_NONE
+    for i in range(head.num_headers):
+        h = &head.headers[i]
+        if is_hop_by_hop_name(h, False):
+            continue
+        if drop_length and h.name_len == 14 and name_eq(h.name, 14, b"content-length", 14):
+            continue
+        nva[k].name = <uint8_t *>h.name
+        nva[k].namelen = h.name_len
+        nva[k].value = <uint8_t *>h.value
+        nva[k].valuelen = h.value_len
+        nva[k].flags = NGHTTP2_NV_FLAG_NONE
+        k += 1
+    return k
 
 
 def _drop(data):
@@ -68,9 +144,12 @@ cdef class H2StreamBridge(DownstreamConnection):
             PyBytes_GET_SIZE(data)
         self.rbuf += data
         self._translate()
-        c.flush()
+        c.flush_soon()
 
     cdef void _translate(self):
+        cdef nghttp2_nv nva[FP_NV_MAX]
+        cdef char status[4]
+        cdef size_t nvlen
         cdef H2DownstreamConnection c = self.conn
         cdef ResponseHead *head = c.rhead
         cdef Py_ssize_t n
@@ -93,23 +172,24 @@ cdef class H2StreamBridge(DownstreamConnection):
                 if head.status < 200:
                     del self.rbuf[:rc]
                     continue
-                headers = [(b":status", str(head.status).encode())]
-                for i in range(head.num_headers):
-                    if is_hop_by_hop_name(&head.headers[i], False):
-                        continue
-                    headers.append((PyBytes_FromStringAndSize(head.headers[i].name,
-                                                              head.headers[i].name_len).lower(),
-                                    PyBytes_FromStringAndSize(head.headers[i].value,
-                                                              head.headers[i].value_len)))
                 end = head.body_kind == BODY_NONE or (head.body_kind == BODY_LENGTH
                                                       and head.content_length == 0)
-                if end and self.stream.grpc:
-                    # a trailers-only gRPC answer carries no content-length over HTTP/2
-                    headers = [h for h in headers if h[0] != b"content-length"]
+                # The head's fields go to the codec straight from the buffer (it copies them);
+                # a trailers-only gRPC answer carries no content-length over HTTP/2.
+                nvlen = response_nv(head, nva, status,
+                                end and self.stream.grpc and not self.stream.grpc_web & GW_TRANSFORM)
                 body_decoder_init(&self.rbody, head.body_kind, head.content_length)
-                del self.rbuf[:rc]
                 self.head_sent = True
-                c.session.submit_response(self.sid, headers, end)
+                if end and self.stream.grpc_web & GW_TRANSFORM:
+                    # an answer the gRPC-Web filter made bodyless: Envoy ends it with an empty
+                    # DATA frame, its content-length: 0 kept
+                    c.session.submit_head_nv(self.sid, nva, nvlen, False, False)
+                    del self.rbuf[:rc]
+                    c.session.send_data(self.sid, b"", True)
+                    self.response_done = True
+                    return
+                c.session.submit_head_nv(self.sid, nva, nvlen, end, False)
+                del self.rbuf[:rc]
                 if end:
                     self.response_done = True
                     return
@@ -138,6 +218,13 @@ cdef class H2StreamBridge(DownstreamConnection):
                 self._check_backpressure()
                 return
 
+    cdef int _finish_stream(self) except -1:
+        DownstreamConnection._finish_stream(self)
+        # The request is answered: nothing reaches the stream through its downstream any more.
+        # Unlinking them now spares the cycle collector one cycle per HTTP/2 request.
+        self.stream.downstream = None
+        return 0
+
     cdef void _check_backpressure(self):
         cdef UpstreamConnection up = self.stream.upstream
         if up is None or up.transport is None or self.paused_upstream:
@@ -157,7 +244,7 @@ cdef class H2StreamBridge(DownstreamConnection):
         if not self.gone:
             self.gone = True
             self.conn.session.reset_stream(self.sid, code)
-            self.conn.flush()
+            self.conn.flush_soon()
 
     cdef void _close(self):
         # The HTTP/1 side wants the 'connection' closed: for a stream that means an end.  A
@@ -171,8 +258,12 @@ cdef class H2StreamBridge(DownstreamConnection):
         completely needs nothing more; otherwise the HTTP/1 side is torn down on the next turn
         of the loop (this may run inside that side's own write, which must not see its stream
         vanish under it)."""
+        cdef Stream s = self.stream
         self.gone = True
-        if self.response_done or self.stream.response_complete:
+        if self.response_done or s.response_complete:
+            if s.response_complete and s.downstream is None and s.upstream is None \
+                    and len(_free_streams) < FREE_STREAMS_MAX:
+                _free_streams.append(s)  # the next stream's (see new_bridge)
             return
         self.worker.loop.call_soon(self._teardown)
 
@@ -192,6 +283,11 @@ cdef class H2DownstreamConnection(H2Handler):
     cdef dict streams
     cdef ResponseHead *rhead
     cdef bint closed
+    cdef H2Keepalive keepalive     # connection_keepalive, or None
+    cdef bint in_read              # inside data_received (its own flush follows)
+    cdef bint flush_scheduled
+    cdef int drain_step            # 0; 1 after the drain notice (GOAWAY 2^31-1); 2 after GOAWAY
+    cdef double last_activity
 
     def __cinit__(self):
         self.rhead = <ResponseHead *>malloc(sizeof(ResponseHead))
@@ -202,8 +298,7 @@ cdef class H2DownstreamConnection(H2Handler):
         free(self.rhead)
 
     def __init__(self, ListenerRuntime listener):
-        cdef H2Options opts
-        h2_options_init(&opts)
+        cdef H2Options opts = h2_options_from_model(listener.model.hcm.http2)
         opts.max_header_list_size = listener.max_header_bytes
         self.listener = listener
         self.worker = listener.worker
@@ -226,13 +321,68 @@ cdef class H2DownstreamConnection(H2Handler):
             v[lr.http_base + HTTP_DOWNSTREAM_CX_ACTIVE] += 1
         v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP2_TOTAL] += 1
         v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP2_ACTIVE] += 1
+        self.worker.connections.add(self)
+        self.last_activity = now_s()
         self.flush()  # our SETTINGS
+        ka = lr.model.hcm.http2
+        if ka.keepalive_interval_ms > 0:
+            self.keepalive = H2Keepalive(self.worker.loop, ka.keepalive_interval_ms / 1000.0,
+                                         ka.keepalive_timeout_ms / 1000.0, self._send_ping,
+                                         self._close_now)
+        if self.worker.draining:
+            self.close_if_idle()
+
+    def _send_ping(self, opaque):
+        self.session.ping(opaque)
+        self.flush()
+
+    def _close_now(self):
+        self._close()
+
+    cdef void on_ping_ack(self, uint64_t opaque) noexcept:
+        if self.keepalive is not None:
+            self.keepalive.acked(opaque)
+
+    def close_if_idle(self):
+        """Drain, as Envoy's codec: a GOAWAY announcing the shutdown (last stream 2^31-1), then
+        at the next step a GOAWAY with the last stream taken; close once no stream is left."""
+        if self.transport is None or self.closed:
+            return
+        if self.drain_step == 0:
+            self.drain_step = 1
+            self.session.shutdown_notice()
+            self.flush()
+            return
+        if self.drain_step == 1:
+            self.drain_step = 2
+            self.session.goaway(0)
+            self.flush()
+        if not self.streams:
+            self._close_after_goaway()
+
+    def sweep(self, double t):
+        """The connection's idle timeout, and each stream's timeouts."""
+        cdef H2StreamBridge b
+        cdef ListenerRuntime lr = self.listener
+        if self.transport is None:
+            return
+        if self.streams:
+            for b in list(self.streams.values()):
+                b.sweep(t)
+        elif lr.idle_timeout > 0 and t - self.last_activity >= lr.idle_timeout:
+            self.worker.values[lr.http_base + HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT] += 1
+            self.session.goaway(0)
+            self.flush()
+            self._close_after_goaway()
 
     def data_received(self, bytes data):
         cdef int rc
         self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_RX_BYTES_TOTAL] += \
             PyBytes_GET_SIZE(data)
+        self.last_activity = now_s()
+        self.in_read = True
         rc = self.session.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        self.in_read = False
         if rc != H2_OK:
             self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR] += 1
             if rc == H2_ERR_PROTOCOL:
@@ -241,14 +391,31 @@ cdef class H2DownstreamConnection(H2Handler):
             return
         self.flush()
 
+    cdef void flush_soon(self):
+        """Write what the streams produced, once per turn of the loop: answers that come from
+        several upstream reads of one turn leave in one write (inside our own read, the flush
+        at its end covers them)."""
+        if self.in_read or self.flush_scheduled or self.transport is None:
+            return
+        self.flush_scheduled = True
+        self.worker.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self):
+        self.flush_scheduled = False
+        self.flush()
+
     def eof_received(self):
-        return False
+        return False  # the client is done: close (also ends a delayed close)
 
     def connection_lost(self, exc):
         cdef int64_t *v = self.worker.values
         cdef ListenerRuntime lr = self.listener
         cdef H2StreamBridge b
         self.closed = True
+        self.worker.connections.discard(self)
+        if self.keepalive is not None:
+            self.keepalive.stop()
+            self.keepalive = None
         for b in list(self.streams.values()):
             b.finished()
         self.streams.clear()
@@ -266,8 +433,8 @@ cdef class H2DownstreamConnection(H2Handler):
         pass
 
     cdef void flush(self):
-        if self.transport is None:
-            return
+        if self.transport is None or self.closed:
+            return  # (after a GOAWAY and our FIN nothing more is written)
         self.session.produce()
         out = self.session.take_output()
         if out:
@@ -282,6 +449,25 @@ cdef class H2DownstreamConnection(H2Handler):
             self.closed = True
             self.transport.close()
 
+    cdef void _close_after_goaway(self):
+        """Close once the GOAWAY is out, as Envoy's delayed close: our side is shut (FIN after
+        the pending bytes) and the socket closes when the client closes its side, or after a
+        second; closing at once could turn the client's late frames into a reset that discards
+        the GOAWAY before it is read."""
+        if self.transport is None or self.closed:
+            return
+        self.closed = True
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            self.transport.close()
+            return
+        self.worker.loop.call_later(1.0, self._close_late)
+
+    def _close_late(self):
+        if self.transport is not None:
+            self.transport.close()
+
     # -- HTTP/2 events --------------------------------------------------------------------------
     cdef int on_headers(self, int32_t sid, list headers, bint end_stream) noexcept:
         try:
@@ -294,10 +480,11 @@ cdef class H2DownstreamConnection(H2Handler):
     cdef _on_request(self, int32_t sid, list headers, bint end_stream):
         cdef H2StreamBridge b
         cdef int64_t *v = self.worker.values
+        cdef list lines = []
+        cdef list cookies = None
+        cdef bytes name, value
         method = path = authority = None
         has_length = False
-        lines = []
-        cookies = []
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
@@ -308,7 +495,11 @@ cdef class H2DownstreamConnection(H2Handler):
                     authority = value
                 continue
             if name == b"cookie":
-                cookies.append(value)  # HTTP/2 splits cookies; HTTP/1 joins them with "; "
+                # HTTP/2 splits cookies; HTTP/1 joins them with "; "
+                if cookies is None:
+                    cookies = [value]
+                else:
+                    cookies.append(value)
                 continue
             if name in SKIP_REQUEST:
                 if name == b"host" and authority is None:
@@ -316,27 +507,32 @@ cdef class H2DownstreamConnection(H2Handler):
                 continue
             if name == b"content-length":
                 has_length = True
-            lines.append(name + b": " + value)
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
         if method is None or path is None:
             self.session.reset_stream(sid, 1)  # PROTOCOL_ERROR
             return
-        b = H2StreamBridge(self.listener)
+        b = new_bridge(self.listener)
         b.conn = self
         b.sid = sid
         b.rbuf = bytearray()
         b.transport = self.transport
         b.write = _drop
-        b.last_activity = 0
+        b.last_activity = now_s()
         b.chunked_request = not end_stream and not has_length
         if cookies:
-            lines.append(b"cookie: " + b"; ".join(cookies))
+            lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
         if b.chunked_request:
-            lines.append(b"transfer-encoding: chunked")
-        head = (method + b" " + path + b" HTTP/1.1\r\nhost: " + (authority or b"") + b"\r\n"
-                + b"".join(l + b"\r\n" for l in lines) + b"\r\n")
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
         self.streams[sid] = b
         v[self.listener.http_base + HTTP_DOWNSTREAM_RQ_HTTP2_TOTAL] += 1
-        b.data_received(head)
+        # the request path takes it from here, as it takes a head read from a socket
+        b.buf += method + b" " + path + b" HTTP/1.1\r\nhost: " + (authority or b"") + b"\r\n"
+        b.buf += b"".join(lines)
+        b._process()
         # the HTTP/1 path counted this request as HTTP/1
         v[self.listener.http_base + HTTP_DOWNSTREAM_RQ_HTTP1_TOTAL] -= 1
 
@@ -398,6 +594,8 @@ def switch_to_h2(DownstreamConnection h1, transport, bytes received):
     cdef int64_t *v = h1.worker.values
     v[h1.listener.http_base + HTTP_DOWNSTREAM_CX_HTTP1_TOTAL] -= 1
     v[h1.listener.http_base + HTTP_DOWNSTREAM_CX_HTTP1_ACTIVE] -= 1
+    h1.worker.connections.discard(h1)  # the HTTP/2 connection takes its place
+    h1.transport = None
     transport.set_protocol(h2)
     h2.connection_made(transport, True)
     h2.data_received(received)

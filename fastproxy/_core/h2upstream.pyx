@@ -19,7 +19,7 @@ buffer limits, and one slow stream does not stop the others on the same connecti
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, free
 
 from fastproxy._core.includes.picohttpparser cimport phr_header
@@ -29,18 +29,24 @@ from fastproxy._core.http1 cimport (
 )
 from fastproxy._core.http2 cimport (
     H2Handler, H2Session, H2Options, h2_options_init, H2_OK, H2_ERR_PROTOCOL,
+    h2_options_from_model, H2Keepalive,
 )
 from fastproxy._core.connection cimport (
     UpstreamPool, UpstreamConnection, ClusterRuntime, Stream, Worker, set_keepalive,
-    U_HEAD, U_CLOSED,
+    U_CONNECTING, U_HEAD, U_BODY, U_CLOSED,
 )
 from fastproxy._core.stats cimport *
 from fastproxy._core.hoststate cimport LOCAL_CONNECT_FAILED, LOCAL_CONNECT_TIMEOUT, LOCAL_RESET
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from libc.stdint cimport uint8_t
+from fastproxy._core.includes.nghttp2 cimport nghttp2_nv, NGHTTP2_NV_FLAG_NONE
 
 import logging
 _log = logging.getLogger("fastproxy.http2")
+
+cdef enum:
+    FP_NV_MAX = 132  # FP_MAX_HEADERS (128) + pseudo-headers
 
 cdef uint32_t NGHTTP2_NO_ERROR = 0
 cdef uint32_t NGHTTP2_INTERNAL_ERROR = 2
@@ -48,34 +54,7 @@ cdef uint32_t NGHTTP2_REFUSED_STREAM = 7
 cdef uint32_t NGHTTP2_CANCEL = 8
 cdef int32_t SETTINGS_MAX_CONCURRENT_STREAMS = 3
 
-cdef bytes LAST_CHUNK = b"0\r\n\r\n"
 cdef bytes SCHEME = b"http"
-
-
-cdef H2Options options_from_model(m):
-    cdef H2Options o
-    h2_options_init(&o)
-    if m is not None:
-        o.max_concurrent_streams = m.max_concurrent_streams
-        o.initial_stream_window_size = m.initial_stream_window_size
-        o.initial_connection_window_size = m.initial_connection_window_size
-        o.max_outbound_frames = m.max_outbound_frames
-        o.max_outbound_control_frames = m.max_outbound_control_frames
-        o.max_consecutive_inbound_frames_with_empty_payload = \
-            m.max_consecutive_inbound_frames_with_empty_payload
-        o.max_inbound_priority_frames_per_stream = m.max_inbound_priority_frames_per_stream
-        o.max_inbound_window_update_frames_per_data_frame_sent = \
-            m.max_inbound_window_update_frames_per_data_frame_sent
-        o.allow_connect = m.allow_connect
-    return o
-
-
-def h2_options(model):
-    """The H2Session keyword arguments of an Http2Options model (for tests and tools)."""
-    cdef H2Options o = options_from_model(model)
-    return dict(max_concurrent_streams=o.max_concurrent_streams,
-                initial_stream_window_size=o.initial_stream_window_size,
-                initial_connection_window_size=o.initial_connection_window_size)
 
 
 cdef class H2UpstreamStream(UpstreamConnection):
@@ -86,7 +65,8 @@ cdef class H2UpstreamStream(UpstreamConnection):
     cdef BodyDecoder reqbody
     cdef bint local_ended       # our side of the stream ended (END_STREAM or trailers sent)
     cdef bint remote_ended      # the upstream's side ended
-    cdef bint chunked_resp      # the response goes to the request path as chunked
+    cdef bint open_body         # the response body goes to the request path unframed (its
+                                # end is the stream's)
     cdef bint resp_head_seen
     cdef bint paused            # the client side cannot take more: hold the acknowledgements
     cdef bint paused_down       # we paused reading from the client (request backpressure)
@@ -123,7 +103,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
         except _Refused as e:
             self._fail(str(e), 503)
             return
-        self.sess.flush()
+        self.sess.flush_soon()
 
     cdef void _connect_failed(self, str reason):
         cdef Stream s = self.stream
@@ -143,7 +123,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
                     self.resp_complete and self.local_ended):
                 sess.session.reset_stream(self.sid, NGHTTP2_CANCEL)
                 self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_TX_RESET] += 1
-                sess.flush()
+                sess.flush_soon()
             if sess is not None and self.unconsumed:
                 sess.session.consume(self.sid, self.unconsumed)
                 self.unconsumed = 0
@@ -173,7 +153,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
         if self.unconsumed and self.sess is not None and self.sid > 0:
             self.sess.session.consume(self.sid, self.unconsumed)
             self.unconsumed = 0
-            self.sess.flush()
+            self.sess.flush_soon()
 
     def close(self):
         self._close_transport()
@@ -201,6 +181,8 @@ cdef class H2UpstreamStream(UpstreamConnection):
     # -- request: HTTP/1 bytes -> HTTP/2 ---------------------------------------------------------
     cdef int _translate(self, object data) except -1:
         cdef RequestHead *head
+        cdef nghttp2_nv nva[FP_NV_MAX]
+        cdef size_t nvlen
         cdef int rc
         cdef Py_ssize_t n
         cdef bytearray work
@@ -217,15 +199,16 @@ cdef class H2UpstreamStream(UpstreamConnection):
             rc = parse_request_head(PyByteArray_AS_STRING(self.reqbuf), n, 1 << 20, head)
             if rc == PARSE_INCOMPLETE:
                 return 0
-            if rc < 0:
+            if rc < 0 or (s is not None and s.upgrade):
+                # (an upgrade would need extended CONNECT over HTTP/2: not done)
                 raise _Refused("protocol error")
             self.head_done = True
             end = head.body_kind == BODY_NONE
-            headers = request_headers(head)
+            nvlen = request_nv(head, nva)
             body_decoder_init(&self.reqbody, head.body_kind, head.content_length)
             if s is not None and s.request_trailers and head.body_kind == BODY_CHUNKED:
                 pass
-            sid = session.submit_request(headers, end)
+            sid = session.submit_request_nv(nva, nvlen, end)
             if sid <= 0:
                 raise _Refused("remote refused stream reset")
             self.sid = sid
@@ -290,13 +273,16 @@ cdef class H2UpstreamStream(UpstreamConnection):
         cdef bint has_length = False
         cdef list lines = []
         cdef bint is_head = self.stream.is_head
+        cdef bint grpc = self.stream.grpc
         for name, value in headers:
             if name[0] == 58:  # ':'
                 if name == b":status":
                     status = int(value)
                 continue
             if name == b"content-length":
-                if end_stream and not is_head:
+                if (end_stream and not is_head) or grpc:
+                    # (a gRPC answer's trailers follow its body: delimited by the stream's
+                    # end, the body does not end the response before they arrive)
                     continue
                 has_length = True
             lines.append(name)
@@ -311,23 +297,21 @@ cdef class H2UpstreamStream(UpstreamConnection):
             if not is_head and status != 204 and status != 304:
                 lines.append(b"content-length: 0\r\n")
         elif not has_length:
-            self.chunked_resp = True
-            lines.append(b"transfer-encoding: chunked\r\n")
+            # no framing header: the request path reads the body until its end, which comes
+            # with the stream's (on_end), without a chunk framing to add here and remove there
+            self.open_body = True
         lines.append(b"\r\n")
         self._received(b"HTTP/1.1 %d OK\r\n" % status + b"".join(lines))
         return 0
 
     cdef int on_body(self, const char *data, size_t length) except -1:
-        cdef bytes piece = PyBytes_FromStringAndSize(data, length)
-        if self.chunked_resp:
-            piece = b"%x\r\n" % length + piece + b"\r\n"
-        self._received(piece)
+        self._received(PyBytes_FromStringAndSize(data, length))
         return 0
 
     cdef int on_end(self) except -1:
         self.remote_ended = True
-        if self.chunked_resp and self.stream is not None:
-            self._received(LAST_CHUNK)
+        if self.open_body and self.stream is not None and self.state == U_BODY:
+            self._finish_body_eof()
         return 0
 
 
@@ -335,30 +319,38 @@ class _Refused(Exception):
     pass
 
 
-cdef list request_headers(RequestHead *head):
-    """An HTTP/2 header list for a request head written by the request path (HTTP/1.1)."""
-    cdef size_t i
+cdef size_t request_nv(RequestHead *head, nghttp2_nv *nva) noexcept:
+    """The HTTP/2 fields of a request head written by the request path (HTTP/1.1, names in
+    lower case), pointing into its buffer: the pseudo-headers (Host becomes :authority), then
+    the fields but the hop-by-hop ones and Expect."""
+    cdef size_t i, k = 4
     cdef const phr_header *h
-    cdef list out = [
-        (b":method", PyBytes_FromStringAndSize(head.method, head.method_len)),
-        (b":scheme", SCHEME),
-        None,
-        (b":path", PyBytes_FromStringAndSize(head.path, head.path_len)),
-    ]
-    authority = b""
+    _nv(&nva[0], b":method", 7, head.method, head.method_len)
+    _nv(&nva[1], b":scheme", 7, b"http", 4)
+    _nv(&nva[2], b":authority", 10, b"", 0)
+    _nv(&nva[3], b":path", 5, head.path, head.path_len)
     for i in range(head.num_headers):
         h = &head.headers[i]
         if h.name_len == 4 and name_eq(h.name, 4, b"host", 4):
-            authority = PyBytes_FromStringAndSize(h.value, h.value_len)
+            nva[2].value = <uint8_t *>h.value
+            nva[2].valuelen = h.value_len
             continue
         if is_hop_by_hop(head.headers, head.num_headers, i, False):
             continue
         if h.name_len == 6 and name_eq(h.name, 6, b"expect", 6):
             continue
-        out.append((PyBytes_FromStringAndSize(h.name, h.name_len).lower(),
-                    PyBytes_FromStringAndSize(h.value, h.value_len)))
-    out[2] = (b":authority", authority)
-    return out
+        _nv(&nva[k], h.name, h.name_len, h.value, h.value_len)
+        k += 1
+    return k
+
+
+cdef inline void _nv(nghttp2_nv *nv, const char *name, size_t namelen, const char *value,
+                     size_t valuelen) noexcept:
+    nv.name = <uint8_t *>name
+    nv.namelen = namelen
+    nv.value = <uint8_t *>value
+    nv.valuelen = valuelen
+    nv.flags = NGHTTP2_NV_FLAG_NONE
 
 
 cdef inline double now_s() noexcept nogil:
@@ -384,8 +376,12 @@ cdef class H2UpstreamSession(H2Handler):
     cdef uint32_t peer_max      # the peer's SETTINGS_MAX_CONCURRENT_STREAMS
     cdef object connect_timer
     cdef object idle_timer
+    cdef double idle_since
     cdef bint counted           # holds a breakers.try_connection slot
     cdef int priority
+    cdef H2Keepalive keepalive  # connection_keepalive, or None
+    cdef bint in_read           # inside data_received (its own flush follows)
+    cdef bint flush_scheduled
 
     def __init__(self, H2Pool pool, object address, int priority):
         cdef H2Options opts = pool.opts
@@ -413,9 +409,6 @@ cdef class H2UpstreamSession(H2Handler):
         st.accounted = True      # the cluster's connection accounting is the session's
         self.active += 1
         self.total += 1
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         if self.pool.max_requests and self.total >= self.pool.max_requests:
             c.worker.values[c.base + CLUSTER_UPSTREAM_CX_MAX_REQUESTS] += 1
             self.drain()
@@ -432,14 +425,23 @@ cdef class H2UpstreamSession(H2Handler):
             if self.draining or self.closed:
                 self.close()
             elif self.pool.idle_timeout > 0 and self.connected:
-                self.idle_timer = self.cluster.worker.loop.call_later(
-                    self.pool.idle_timeout, self._on_idle)
+                # one timer per idle period at most: it re-arms itself for what is left
+                self.idle_since = now_s()
+                if self.idle_timer is None:
+                    self.idle_timer = self.cluster.worker.loop.call_later(
+                        self.pool.idle_timeout, self._on_idle)
 
     def _on_idle(self):
+        cdef double left
         self.idle_timer = None
-        if self.active == 0 and not self.closed:
-            self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT] += 1
-            self.close()
+        if self.active or self.closed:
+            return  # busy again: the next idle period arms a new timer
+        left = self.idle_since + self.pool.idle_timeout - now_s()
+        if left > 0:
+            self.idle_timer = self.cluster.worker.loop.call_later(left, self._on_idle)
+            return
+        self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT] += 1
+        self.close()
 
     cdef void drain(self):
         if not self.draining:
@@ -457,6 +459,18 @@ cdef class H2UpstreamSession(H2Handler):
                     self.session.goaway(NGHTTP2_NO_ERROR)
                     self.flush()
                 self.transport.close()
+
+    cdef void flush_soon(self):
+        """Write what the streams produced once per turn of the loop (requests of many
+        clients leave in one write); inside our own read, its final flush covers them."""
+        if self.in_read or self.flush_scheduled or self.transport is None:
+            return
+        self.flush_scheduled = True
+        self.cluster.worker.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self):
+        self.flush_scheduled = False
+        self.flush()
 
     cdef void flush(self):
         if self.transport is None:
@@ -557,6 +571,10 @@ cdef class H2UpstreamSession(H2Handler):
         if c.keepalive is not None:
             set_keepalive(transport.get_extra_info("socket"), c.keepalive)
         self.flush()   # preface and SETTINGS
+        if self.pool.keepalive_interval > 0:
+            self.keepalive = H2Keepalive(c.worker.loop, self.pool.keepalive_interval,
+                                         self.pool.keepalive_timeout, self._send_ping,
+                                         self._keepalive_expired)
         waiting = self.waiting
         self.waiting = []
         for st in waiting:
@@ -569,11 +587,28 @@ cdef class H2UpstreamSession(H2Handler):
         self.active += 1
         self.stream_done()
 
+    def _send_ping(self, opaque):
+        self.session.ping(opaque)
+        self.flush()
+
+    def _keepalive_expired(self):
+        if self.transport is not None:
+            self.draining = True
+            self.closed = True
+            self.pool.forget(self)
+            self.transport.close()
+
+    cdef void on_ping_ack(self, uint64_t opaque) noexcept:
+        if self.keepalive is not None:
+            self.keepalive.acked(opaque)
+
     def data_received(self, bytes data):
         cdef ClusterRuntime c = self.cluster
         cdef int rc
         c.worker.values[c.base + CLUSTER_UPSTREAM_CX_RX_BYTES_TOTAL] += PyBytes_GET_SIZE(data)
+        self.in_read = True
         rc = self.session.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        self.in_read = False
         if rc != H2_OK:
             if rc == H2_ERR_PROTOCOL:
                 self.flush()
@@ -609,6 +644,9 @@ cdef class H2UpstreamSession(H2Handler):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        if self.keepalive is not None:
+            self.keepalive.stop()
+            self.keepalive = None
         was_closed = self.closed
         self.closed = True
         self.connected = False
@@ -664,7 +702,7 @@ cdef class H2UpstreamSession(H2Handler):
 
     cdef int on_trailers(self, int32_t sid, list headers) noexcept:
         cdef H2UpstreamStream st = self.streams.get(sid)
-        if st is None or st.stream is None or not st.chunked_resp:
+        if st is None or st.stream is None or not st.open_body:
             return 0
         st.stream.response_trailers = [(n, v) for n, v in headers if n[:1] != b":"]
         return 0
@@ -756,6 +794,8 @@ cdef class H2Pool(UpstreamPool):
     cdef dict counts            # address -> open or opening connections (all, incl. draining)
     cdef int64_t max_requests
     cdef double idle_timeout
+    cdef double keepalive_interval
+    cdef double keepalive_timeout
     cdef RequestHead *head      # scratch for translating request heads
 
     def __cinit__(self):
@@ -769,7 +809,9 @@ cdef class H2Pool(UpstreamPool):
     def __init__(self, ClusterRuntime cluster):
         m = cluster.model
         self.cluster = cluster
-        self.opts = options_from_model(m.http2)
+        self.opts = h2_options_from_model(m.http2)
+        self.keepalive_interval = m.http2.keepalive_interval_ms / 1000.0
+        self.keepalive_timeout = m.http2.keepalive_timeout_ms / 1000.0
         self.sessions = {}
         self.counts = {}
         self.max_requests = getattr(m, "max_requests_per_connection", 0) or 0
@@ -782,7 +824,14 @@ cdef class H2Pool(UpstreamPool):
             return -1
 
     cdef H2UpstreamStream _stream(self, int host, H2UpstreamSession sess):
-        cdef H2UpstreamStream st = H2UpstreamStream(self.cluster, host)
+        # UpstreamConnection.__init__, without the Python call
+        cdef H2UpstreamStream st = H2UpstreamStream.__new__(H2UpstreamStream)
+        st.cluster = self.cluster
+        st.host = host
+        st.address = sess.address
+        st.buf = bytearray()
+        st.state = U_CONNECTING
+        st.last_activity = now_s()
         sess.bind(st)
         return st
 

@@ -6,7 +6,7 @@
 cimport cython
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint32_t, uint64_t
-from fastproxy._core.includes.nghttp2 cimport nghttp2_session
+from fastproxy._core.includes.nghttp2 cimport nghttp2_session, nghttp2_nv
 
 # Results of H2Session.feed() / produce() (0 is success).
 cdef enum:
@@ -182,8 +182,14 @@ cdef class H2Session:
     # names lower-case.  Returns the new stream id (> 0) or a negative nghttp2 error code.
     # With end_stream false the body follows through send_data().
     cpdef int submit_request(self, list headers, bint end_stream) except? -1
+    # The same over a C array (names lower-case, pseudo-headers first; nghttp2 copies the
+    # strings): for callers that hold the header fields in a buffer, no Python object per field.
+    cdef int submit_request_nv(self, const nghttp2_nv *nva, size_t n, bint end_stream) except? -1
     # Server: answer a stream.  Returns 0 or a negative nghttp2 error code.
     cpdef int submit_response(self, int32_t stream_id, list headers, bint end_stream) except? -1
+    # submit_response / submit_informational over a C array.
+    cdef int submit_head_nv(self, int32_t stream_id, const nghttp2_nv *nva, size_t n,
+                            bint end_stream, bint informational) noexcept
     # Server: a 1xx head (100-continue, 103) before the response.
     cpdef int submit_informational(self, int32_t stream_id, list headers) except? -1
     # Trailers after the queued body; ends our side of the stream.  Requires end_stream false
@@ -211,3 +217,25 @@ cdef class H2Session:
     cpdef uint32_t remote_setting(self, int32_t settings_id) noexcept
     # nghttp2's check: a new request can be submitted now (no GOAWAY, ids left).
     cpdef bint can_submit_request(self) noexcept
+
+
+# H2Options from a config model's Http2Options (fastproxy.config.model; None: the defaults).
+cdef H2Options h2_options_from_model(m)
+
+
+# connection_keepalive for a connection's owner: send_ping(opaque) sends a PING (and writes it),
+# expired() closes the connection; the owner forwards on_ping_ack to acked() and calls stop()
+# when the connection goes away.
+cdef class H2Keepalive:
+    cdef object loop
+    cdef double interval
+    cdef double timeout
+    cdef object send_ping
+    cdef object expired
+    cdef object timer
+    cdef object ack_timer
+    cdef uint64_t opaque
+
+    cdef void _schedule(self)
+    cdef void acked(self, uint64_t opaque)
+    cdef void stop(self)

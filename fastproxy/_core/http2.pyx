@@ -678,6 +678,9 @@ cdef class H2Session:
         if nghttp2_option_new(&option) != 0:
             raise MemoryError()
         nghttp2_option_set_no_auto_window_update(option, 1)
+        # Closed streams are not kept for the priority tree (nghttp2 keeps up to the local
+        # SETTINGS_MAX_CONCURRENT_STREAMS of them, which is 2^31-1 by Envoy's default)
+        nghttp2_option_set_no_closed_streams(option, 1)
         nghttp2_option_set_peer_max_concurrent_streams(option, opts.peer_max_concurrent_streams)
         # nghttp2's own limit on queued, not yet serialized ACKs (PING/SETTINGS): past it
         # mem_recv fails with NGHTTP2_ERR_FLOODED, which we report as an outbound control flood.
@@ -806,34 +809,35 @@ cdef class H2Session:
         cdef nghttp2_nv stack_nv[MAX_STACK_NV]
         cdef nghttp2_nv *nva = stack_nv
         cdef Py_ssize_t n = PyList_GET_SIZE(headers)
-        cdef nghttp2_data_provider prd
-        cdef H2Stream *st
-        cdef int32_t sid
         if self.is_server:
             return NGHTTP2_ERR_INVALID_STATE
         if n > MAX_STACK_NV:
             nva = <nghttp2_nv *>malloc(n * sizeof(nghttp2_nv))
             if nva == NULL:
                 raise MemoryError()
-        st = _stream_new(self)
         try:
-            if st == NULL:
-                raise MemoryError()
             _fill_nv(headers, nva)
-            prd.source.ptr = st
-            prd.read_callback = _read_body
-            if not end_stream:
-                st.flags |= H2S_PROVIDER
-            st.flags |= H2S_ANNOUNCED | H2S_EOS * end_stream
-            sid = nghttp2_submit_request(self.session, NULL, nva, n,
-                                         NULL if end_stream else &prd, st)
-        except BaseException:
-            if st != NULL:
-                _stream_free(self, st)
-            raise
+            return self.submit_request_nv(nva, n, end_stream)
         finally:
             if nva != stack_nv:
                 free(nva)
+
+    cdef int submit_request_nv(self, const nghttp2_nv *nva, size_t n, bint end_stream) except? -1:
+        cdef nghttp2_data_provider prd
+        cdef H2Stream *st
+        cdef int32_t sid
+        if self.is_server:
+            return NGHTTP2_ERR_INVALID_STATE
+        st = _stream_new(self)
+        if st == NULL:
+            raise MemoryError()
+        prd.source.ptr = st
+        prd.read_callback = _read_body
+        if not end_stream:
+            st.flags |= H2S_PROVIDER
+        st.flags |= H2S_ANNOUNCED | H2S_EOS * end_stream
+        sid = nghttp2_submit_request(self.session, NULL, nva, n,
+                                     NULL if end_stream else &prd, st)
         if sid < 0:
             _stream_free(self, st)
             return sid
@@ -845,6 +849,19 @@ cdef class H2Session:
         cdef nghttp2_nv stack_nv[MAX_STACK_NV]
         cdef nghttp2_nv *nva = stack_nv
         cdef Py_ssize_t n = PyList_GET_SIZE(headers)
+        if n > MAX_STACK_NV:
+            nva = <nghttp2_nv *>malloc(n * sizeof(nghttp2_nv))
+            if nva == NULL:
+                raise MemoryError()
+        try:
+            _fill_nv(headers, nva)
+            return self.submit_head_nv(stream_id, nva, n, end_stream, informational)
+        finally:
+            if nva != stack_nv:
+                free(nva)
+
+    cdef int submit_head_nv(self, int32_t stream_id, const nghttp2_nv *nva, size_t n,
+                            bint end_stream, bint informational) noexcept:
         cdef nghttp2_data_provider prd
         cdef H2Stream *st = _get_stream(self.session, stream_id)
         cdef int rv
@@ -852,28 +869,19 @@ cdef class H2Session:
             return NGHTTP2_ERR_INVALID_STATE
         if st == NULL:
             return NGHTTP2_ERR_STREAM_CLOSED
-        if n > MAX_STACK_NV:
-            nva = <nghttp2_nv *>malloc(n * sizeof(nghttp2_nv))
-            if nva == NULL:
-                raise MemoryError()
-        try:
-            _fill_nv(headers, nva)
-            if informational:
-                rv = nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, stream_id, NULL,
-                                            nva, n, NULL)
-            else:
-                prd.source.ptr = st
-                prd.read_callback = _read_body
-                rv = nghttp2_submit_response(self.session, stream_id, nva, n,
-                                             NULL if end_stream else &prd)
-                if rv == 0:
-                    if end_stream:
-                        st.flags |= H2S_EOS
-                    else:
-                        st.flags |= H2S_PROVIDER
-        finally:
-            if nva != stack_nv:
-                free(nva)
+        if informational:
+            rv = nghttp2_submit_headers(self.session, NGHTTP2_FLAG_NONE, stream_id, NULL,
+                                        nva, n, NULL)
+        else:
+            prd.source.ptr = st
+            prd.read_callback = _read_body
+            rv = nghttp2_submit_response(self.session, stream_id, nva, n,
+                                         NULL if end_stream else &prd)
+            if rv == 0:
+                if end_stream:
+                    st.flags |= H2S_EOS
+                else:
+                    st.flags |= H2S_PROVIDER
         return rv if rv < 0 else 0
 
     cpdef int submit_response(self, int32_t stream_id, list headers, bint end_stream) except? -1:
@@ -1164,3 +1172,68 @@ def bench_exchange(int n, int streams_per_round=1, bytes body=b"hello world!"):
     if ch.done < <size_t>n:
         raise RuntimeError(f"only {ch.done} of {n} exchanges completed")
     return elapsed / n
+
+
+cdef H2Options h2_options_from_model(m):
+    """H2Options from a config model Http2Options (None: Envoy's defaults)."""
+    cdef H2Options o
+    h2_options_init(&o)
+    if m is not None:
+        o.max_concurrent_streams = m.max_concurrent_streams
+        o.initial_stream_window_size = m.initial_stream_window_size
+        o.initial_connection_window_size = m.initial_connection_window_size
+        o.max_outbound_frames = m.max_outbound_frames
+        o.max_outbound_control_frames = m.max_outbound_control_frames
+        o.max_consecutive_inbound_frames_with_empty_payload = \
+            m.max_consecutive_inbound_frames_with_empty_payload
+        o.max_inbound_priority_frames_per_stream = m.max_inbound_priority_frames_per_stream
+        o.max_inbound_window_update_frames_per_data_frame_sent = \
+            m.max_inbound_window_update_frames_per_data_frame_sent
+        o.allow_connect = m.allow_connect
+    return o
+
+
+cdef class H2Keepalive:
+    """connection_keepalive: a PING every `interval` (plus Envoy's default 15% jitter); the
+    connection is closed when an acknowledgement takes longer than `timeout`."""
+
+    def __init__(self, loop, double interval, double timeout, send_ping, expired):
+        self.loop = loop
+        self.interval = interval
+        self.timeout = timeout
+        self.send_ping = send_ping
+        self.expired = expired
+        self.timer = None
+        self.ack_timer = None
+        self.opaque = 0
+        self._schedule()
+
+    cdef void _schedule(self):
+        import random
+        self.timer = self.loop.call_later(self.interval * (1.0 + 0.15 * random.random()),
+                                          self._ping)
+
+    def _ping(self):
+        self.timer = None
+        self.opaque += 1
+        self.send_ping(self.opaque)
+        self.ack_timer = self.loop.call_later(self.timeout, self._timed_out)
+
+    def _timed_out(self):
+        self.ack_timer = None
+        self.stop()
+        self.expired()
+
+    cdef void acked(self, uint64_t opaque):
+        if self.ack_timer is not None and opaque == self.opaque:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+            self._schedule()
+
+    cdef void stop(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None

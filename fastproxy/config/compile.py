@@ -137,7 +137,7 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
     codec = enum_name(h, "codec_type")
     if codec not in _CODECS:
         errors.add(join(path, "codec_type"), f"{codec} not supported")
-    rl_name, rl, grpc_web = _http_filters(h, join(path, "http_filters"), errors)
+    rl_name, rl, grpc_web, grpc_web_after_rl = _http_filters(h, join(path, "http_filters"), errors)
     rc = route_configuration(h.route_config, join(path, "route_config"), errors, refs)
     if not h.HasField("route_config"):
         return None  # reported by the validation rules
@@ -165,6 +165,7 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
         access_logs=access_log.compile_access_logs(h, join(path, "access_log"), errors),
         http2=http2_options(h.http2_protocol_options),
         grpc_web=grpc_web,
+        grpc_web_after_ratelimit=grpc_web_after_rl,
         enable_trailers=h.http_protocol_options.enable_trailers,
     )
 
@@ -189,11 +190,11 @@ def http2_options(msg) -> model.Http2Options:
 def _http_filters(h, path: str, errors: Errors):
     """http_filters: optional local rate limit and gRPC-Web filters (at most one of each, in any
     order), then the router, which must come last (or no filters at all, as Envoy allows).
-    Returns (name, LocalRateLimit) of the rate limit filter, or ("", None), and whether there is a
-    gRPC-Web filter."""
+    Returns (name, LocalRateLimit) of the rate limit filter, or ("", None), whether there is a
+    gRPC-Web filter, and whether it comes after the rate limit filter."""
     filters = h.http_filters
     found = ("", None)
-    grpc_web = False
+    grpc_web = grpc_web_after_rl = False
     for i, flt in enumerate(filters):
         tpath = f"{path}[{i}].typed_config"
         if not flt.HasField("typed_config"):
@@ -223,13 +224,14 @@ def _http_filters(h, path: str, errors: Errors):
             if grpc_web:
                 errors.add(f"{path}[{i}]", "only one gRPC-Web filter is supported")
             grpc_web = True
+            grpc_web_after_rl = found[1] is not None
             if last:
                 errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
                                            f"{_GRPC_WEB_FILTER} is the last filter in a http "
                                            "filter chain.")
         else:
             errors.add(tpath, f"type {kind} not supported as an HTTP filter")
-    return found[0], found[1], grpc_web
+    return found[0], found[1], grpc_web, grpc_web_after_rl
 
 
 def _cluster(cl, path: str, errors: Errors) -> model.Cluster:

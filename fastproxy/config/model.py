@@ -252,6 +252,9 @@ class HttpConnectionManager:
     # response (Envoy drops them by default)
     enable_trailers: bool = False
     grpc_web: bool = False  # envoy.filters.http.grpc_web in http_filters
+    # the local rate limit filter comes before the gRPC-Web filter: its 429 replies are then
+    # not translated to gRPC-Web (the gRPC-Web filter never saw the request)
+    grpc_web_after_ratelimit: bool = False
 
 
 @dataclass

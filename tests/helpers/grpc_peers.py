@@ -17,6 +17,8 @@ Service "fp.test.Echo" (request and response messages are bytes):
     Bidi          echoes every message as it arrives.
     Fail          request b"<code>:<details>" -> aborts with that grpc.StatusCode number and
                   details (before sending anything, so the answer is trailers-only).
+    StreamFail    request b"<n>:<code>:<details>" -> n messages (as ServerStream, 3 bytes each),
+                  then aborts with that status: the status travels in the trailers, after data.
     Sleep         request b"<ms>" -> sleeps (waking early if the call ends), answers b"ok".
     Flaky         request b"<key>:<failures>:<code>" -> the first `failures` calls with this
                   key fail with status `code` (details "flaky <i>"), later ones answer b"ok".
@@ -121,6 +123,7 @@ class GrpcEchoServer:
             "ClientStream": grpc.stream_unary_rpc_method_handler(self._client_stream),
             "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi),
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
+            "StreamFail": grpc.unary_stream_rpc_method_handler(self._stream_fail),
             "Sleep": grpc.unary_unary_rpc_method_handler(self._sleep),
             "Flaky": grpc.unary_unary_rpc_method_handler(self._flaky_call),
         }
@@ -259,6 +262,14 @@ class GrpcEchoServer:
     def _fail(self, request, context):
         self._record("Fail", context, request)
         code, _, details = request.partition(b":")
+        context.abort(STATUS_BY_CODE[int(code)], details.decode("utf-8"))
+
+    def _stream_fail(self, request, context):
+        rec = self._record("StreamFail", context, request)
+        n, code, details = request.split(b":", 2)
+        for i in range(int(n)):
+            rec.messages += 1
+            yield bytes([ord("a") + i % 26]) * 3
         context.abort(STATUS_BY_CODE[int(code)], details.decode("utf-8"))
 
     def _sleep(self, request, context):

@@ -324,6 +324,8 @@ def test_grpc_web_with_local_ratelimit_any_order(order):
     h = load_dict(d).listeners[0].hcm
     assert h.grpc_web is True and h.local_ratelimit is not None
     assert h.local_ratelimit_name == "envoy.filters.http.local_ratelimit"
+    # a rate limit filter first answers its 429 before the gRPC-Web filter sees the request
+    assert h.grpc_web_after_ratelimit is (order[0] is LRL)
 
 
 def test_grpc_web_refusals():

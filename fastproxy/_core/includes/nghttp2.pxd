@@ -227,6 +227,7 @@ cdef extern from "nghttp2/nghttp2.h" nogil:
     int nghttp2_option_new(nghttp2_option **option_ptr)
     void nghttp2_option_del(nghttp2_option *option)
     void nghttp2_option_set_no_auto_window_update(nghttp2_option *option, int val)
+    void nghttp2_option_set_no_closed_streams(nghttp2_option *option, int val)
     void nghttp2_option_set_peer_max_concurrent_streams(nghttp2_option *option, uint32_t val)
     void nghttp2_option_set_max_outbound_ack(nghttp2_option *option, size_t val)
     void nghttp2_option_set_max_settings(nghttp2_option *option, size_t val)
