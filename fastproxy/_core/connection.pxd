@@ -1,7 +1,7 @@
 # Connections of one worker: downstream HTTP/1.1 connections (uvloop protocols), the stream that
 # carries one request through the router, upstream connections and their per-host keep-alive pool.
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint8_t
 from fastproxy._core.http1 cimport RequestHead, ResponseHead, BodyDecoder
 from fastproxy._core.router cimport RouteTable, RouteDecision
 from fastproxy._core.lb cimport LoadBalancer
@@ -25,6 +25,14 @@ cdef enum:
     GW_TEXT_IN = 2     # -text: the request body is base64, decoded on its way
     GW_TEXT_OUT = 4    # accept: application/grpc-web-text[+proto]: the response is base64'd
     GW_TRANSFORM = 8   # the answer is not gRPC: its body became grpc-status/grpc-message headers
+
+
+# envoy.filters.http.grpc_stats: where a body is in its length-prefixed gRPC frames
+cdef struct GrpcFrames:
+    uint32_t remaining          # payload bytes of the current frame still to pass
+    uint32_t length             # the length being read from a frame header
+    uint8_t hdr                 # 0: at a frame's flag byte; 1..4: reading its length bytes
+    uint8_t stopped             # (responses) a Connect end-of-stream frame: count no more
 
 
 cdef struct OutBuf:
@@ -58,6 +66,11 @@ cdef class ListenerRuntime:
     cdef tuple log_wanted           # request headers the access logs read
     cdef bint grpc_web             # envoy.filters.http.grpc_web in the filter chain
     cdef bint grpc_web_after_rl    # ... after local_ratelimit (whose 429s it then never sees)
+    cdef bint grpc_stats           # envoy.filters.http.grpc_stats in the filter chain
+    cdef bint gs_before_rl         # ... before local_ratelimit (it counts the 429s of gRPC calls)
+    cdef bint gs_after_gw          # ... after grpc_web (it counts gRPC-Web calls as gRPC)
+    cdef dict gs_allow             # b"service/method" of its allowlist -> index into each
+                                   # ClusterRuntime.grpc_method_bases; None without allowlist
     cdef object server
 
 
@@ -91,6 +104,8 @@ cdef class ClusterRuntime:
     cdef HostState state       # shared health / outlier state, None when not configured
     cdef CircuitBreakers breakers  # None when the cluster has no limits
     cdef UpstreamPool h2pool       # HTTP/2 upstream (multiplexed pool), or None for HTTP/1.1
+    cdef int grpc_base             # cluster.<name>.grpc.* (grpc_stats), -1 without the filter
+    cdef list grpc_method_bases    # cluster.<name>.grpc.<service>.<method>.* by method index
 
     cdef dict conn_count       # connections (open or opening) per host address
     cdef UpstreamConnection get_idle(self, int host)
@@ -160,6 +175,13 @@ cdef class Stream:
     cdef int grpc_web           # GW_* flags of a gRPC-Web request (0: not one); grpc is then
                                 # set too (the router sees application/grpc)
     cdef object gw              # GrpcWebState of a gRPC-Web request (codec state), or None
+    # envoy.filters.http.grpc_stats: the stats block a gRPC call is counted in (-1: it is not
+    # one the filter counts), whether its answer is gRPC (its frames are counted), and where
+    # the request and response bodies are in their frames
+    cdef int gs_base
+    cdef bint gs_resp
+    cdef GrpcFrames gs_req
+    cdef GrpcFrames gs_rsp
 
     cdef void reset(self)
 
@@ -182,6 +204,7 @@ cdef class DownstreamConnection:
     cdef bint sniffed               # codec AUTO: the first bytes were checked for the h2 preface
 
     cdef int _process(self) except -1
+    cdef int _received(self, bytes data) except -1
     cdef bint _sniff_h2(self, bytes data) except -1
     cdef void _codec_error(self, int rc)
     cdef int _on_request_head(self, const char *data, size_t length, int head_len) except -1
@@ -215,6 +238,8 @@ cdef class DownstreamConnection:
                                    tuple ops) except -1
     cdef bint _grpc_web_decode(self, size_t length, bint last) except -1
     cdef void _write(self, bytes data)
+    cdef void _write_chunk(self, bytes piece)
+    cdef void _write_last_chunk(self)
     cdef int _finish_stream(self) except -1
     cdef void _abort_stream(self)
     cdef void _write_access_log(self)

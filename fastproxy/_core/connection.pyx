@@ -14,7 +14,7 @@ import socket
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memchr, memcmp, strcmp
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -265,6 +265,14 @@ cdef class ListenerRuntime:
         self.filters = make_request_filters(hcm, worker.shm_path, worker.index)
         self.grpc_web = getattr(hcm, "grpc_web", False)
         self.grpc_web_after_rl = getattr(hcm, "grpc_web_after_ratelimit", False)
+        gs = getattr(hcm, "grpc_stats", None)
+        self.grpc_stats = gs is not None
+        self.gs_before_rl = gs is not None and gs.before_ratelimit
+        self.gs_after_gw = gs is not None and gs.after_grpc_web
+        self.gs_allow = None
+        if gs is not None and gs.allowlist is not None:
+            index = worker.layout.grpc_method_index
+            self.gs_allow = {("%s/%s" % m).encode(): index[m] for m in gs.allowlist}
         self.access_logs = None
         self.log_wanted = ()
         if getattr(hcm, "access_logs", None):
@@ -318,6 +326,8 @@ cdef class ClusterRuntime:
         self.lb = None
         self.state = make_host_state(model, worker.shm_path, worker.index)
         self.breakers = make_circuit_breakers(model, worker.shm_path, worker.index)
+        self.grpc_base = getattr(worker.layout, "grpc_bases", {}).get(model.name, -1)
+        self.grpc_method_bases = getattr(worker.layout, "grpc_method_bases", {}).get(model.name)
         self.h2pool = None
         if getattr(model, "http2", None) is not None:
             from fastproxy._core.h2upstream import H2Pool
@@ -506,6 +516,7 @@ cdef class Stream:
     def __cinit__(self):
         self.pending_writes = None
         self.deadline = 0
+        self.gs_base = -1
 
     cdef void reset(self):
         self.upstream = None
@@ -556,6 +567,7 @@ cdef class Stream:
         self.grpc_timeout = -1
         self.grpc_web = 0
         self.gw = None
+        self.gs_base = -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,18 +605,23 @@ cdef class DownstreamConnection:
         v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP1_ACTIVE] += 1
 
     def data_received(self, bytes data):
+        self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_RX_BYTES_TOTAL] += \
+            PyBytes_GET_SIZE(data)
+        self._received(data)
+
+    cdef int _received(self, bytes data) except -1:
+        """Request bytes (HTTP/1): from the socket, or from an HTTP/2 stream's bridge."""
         cdef Stream s = self.stream
         cdef size_t n = PyBytes_GET_SIZE(data)
-        self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_RX_BYTES_TOTAL] += n
         self.last_activity = now()
         if self.state == S_TUNNEL:
             self._forward_upstream(data)
-            return
+            return 0
         if self.state == S_CLOSED:
-            return
+            return 0
         if not self.sniffed:
             if self.listener.codec == 0 and self._sniff_h2(data):
-                return
+                return 0
         if (self.state == S_BODY and not s.request_chunked and PyByteArray_GET_SIZE(self.buf) == 0
                 and <int64_t>n <= s.request_remaining):
             # Body bytes straight through, no copy into the buffer.
@@ -613,9 +630,10 @@ cdef class DownstreamConnection:
             self._forward_upstream(data)
             if s.request_remaining == 0:
                 self._request_complete()
-            return
+            return 0
         self.buf += data
         self._process()
+        return 0
 
     cdef bint _sniff_h2(self, bytes data) except -1:
         """codec_type AUTO: hand the connection to HTTP/2 when it opens with the preface."""
@@ -664,6 +682,11 @@ cdef class DownstreamConnection:
         self.state = S_CLOSED
         if active:
             self._abort_stream()
+        elif s.upstream is None:
+            # Nothing reaches this stream through its connection any more: unlinking them
+            # spares the cycle collector one cycle per connection (a connection per request
+            # would otherwise feed it a steady stream of garbage cycles).
+            s.downstream = None
         self.transport = None
         self.write = None
 
@@ -815,6 +838,9 @@ cdef class DownstreamConnection:
         if lr.grpc_web:
             s.grpc_web = grpc_web_request(head)
         action = lr.routes.route(head, d, False, w.random())
+        if lr.grpc_stats and action == ACTION_ROUTE and (
+                s.grpc or (s.grpc_web and lr.gs_after_gw)):
+            gs_start(s, lr, head)
         if lr.filters is not None:
             # HTTP filters before the router see every request, whatever the route says.
             rc = lr.filters.on_request(head, d)
@@ -822,6 +848,8 @@ cdef class DownstreamConnection:
                 set_flag(s, RF_RL)
                 if lr.grpc_web_after_rl:
                     s.grpc_web = 0  # answered before the gRPC-Web filter saw the request
+                if not lr.gs_before_rl:
+                    s.gs_base = -1  # answered before the gRPC stats filter saw the request
                 self._consume(head_len)
                 self.state = S_WAIT
                 s.response_headers = lr.filters.reply_late_headers
@@ -897,6 +925,8 @@ cdef class DownstreamConnection:
             if <int64_t>(length - head_len) >= head.content_length and head.content_length <= 65536:
                 # The whole body is here: send it with the head in one write.
                 out += PyBytes_FromStringAndSize(data + head_len, head.content_length)
+                if s.gs_base >= 0:
+                    gs_request_body(s, v, data + head_len, head.content_length)
                 head_len += <int>head.content_length
                 s.bytes_received += head.content_length
             else:
@@ -1241,6 +1271,8 @@ cdef class DownstreamConnection:
             del self.buf[:n]
             s.request_remaining -= n
             s.bytes_received += n
+            if s.gs_base >= 0:
+                gs_request_body(s, self.worker.values, PyBytes_AS_STRING(piece), n)
             self._forward_upstream(piece)
             if s.request_remaining == 0:
                 self._request_complete()
@@ -1264,6 +1296,8 @@ cdef class DownstreamConnection:
                 return 0  # answered: bad base64
         elif length > 0:
             s.bytes_received += length
+            if s.gs_base >= 0:
+                gs_request_body(s, self.worker.values, PyByteArray_AS_STRING(self.buf), length)
             self._forward_upstream(chunk_frame(PyByteArray_AS_STRING(self.buf), length))
         del self.buf[:consumed]
         if rc == 1:
@@ -1614,9 +1648,12 @@ cdef class DownstreamConnection:
         cdef Stream s = self.stream
         cdef Worker w = self.worker
         cdef OutBuf *b = &w.out
+        cdef int code = s.grpc_status if s.grpc_status >= 0 else http_to_grpc_status(status)
+        if s.gs_base >= 0:
+            gs_status_code(w.values, s.gs_base, code)
         ob_put_bytes(b, <bytes>STATUS_LINES[200])
         ob_put(b, b"content-type: application/grpc\r\ngrpc-status: ", 45)
-        ob_put_int(b, s.grpc_status if s.grpc_status >= 0 else http_to_grpc_status(status))
+        ob_put_int(b, code)
         ob_put(b, b"\r\n", 2)
         if body and not s.is_head:
             ob_put(b, b"grpc-message: ", 14)
@@ -1744,8 +1781,19 @@ cdef class DownstreamConnection:
             s.keep_alive = False
             self._upstream_failed(400, BODY_GRPC_WEB_BASE64)
             return False
+        if s.gs_base >= 0:
+            gs_request_body(s, self.worker.values, PyBytes_AS_STRING(decoded),
+                            PyBytes_GET_SIZE(decoded))
         self._forward_upstream(chunk_frame(PyBytes_AS_STRING(decoded), PyBytes_GET_SIZE(decoded)))
         return True
+
+    cdef void _write_chunk(self, bytes piece):
+        """A piece of a response body the client gets chunked (downstream_chunked)."""
+        self._write(chunk_frame(PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece)))
+
+    cdef void _write_last_chunk(self):
+        """The end of a chunked response body."""
+        self._write(last_chunk(self.stream, self))
 
     cdef void _write(self, bytes data):
         self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_TX_BYTES_TOTAL] += \
@@ -1999,6 +2047,164 @@ cdef bytes grpc_percent_encode(bytes text):
         return text
     return b"".join(b"%%%02X" % c if (c < 0x20 or c >= 0x7e or c == 0x25) else bytes((c,))
                     for c in text)
+
+
+# -- gRPC stats (envoy.filters.http.grpc_stats) ----------------------------------------------
+#
+# A gRPC request (as the filter sees it: after the gRPC-Web filter when it comes after it) to a
+# cluster, whose path is /<service>/<method>, is counted in cluster.<name>.grpc.*, or in
+# cluster.<name>.grpc.<service>.<method>.* when the method is in the filter's allowlist
+# (Stream.gs_base).  As Envoy's filter: every grpc-status seen in a response head (trailers-only
+# answers and local replies) or in the trailers charges total, success ("0") or failure, and
+# grpc.<status>; an answer without one (a reset, a broken-off stream) charges nothing.  Messages
+# count from the flag byte of each length-prefixed frame, across body pieces; response frames
+# only of a gRPC answer (200, gRPC content-type).  Other requests pay one test of gs_base.
+
+cdef inline int64_t grpc_frames(GrpcFrames *f, const char *p, size_t n,
+                                bint response) noexcept nogil:
+    """The gRPC frames that start in p[0:n], given where the body was (Envoy's FrameInspector:
+    a frame counts from its flag byte; for a response, a frame with the Connect end-of-stream
+    flag 0x02 counts not, nor any frame after it: Envoy's ResponseFrameCounter)."""
+    cdef int64_t started = 0
+    cdef size_t i = 0, take
+    if f.stopped:
+        return 0
+    while i < n:
+        if f.remaining:
+            take = n - i
+            if take > f.remaining:
+                take = f.remaining
+            f.remaining -= <uint32_t>take
+            i += take
+        elif f.hdr == 0:
+            if response and (<unsigned char>p[i]) & 2:
+                f.stopped = 1
+                return started
+            started += 1
+            f.hdr = 1
+            f.length = 0
+            i += 1
+        else:
+            f.length = (f.length << 8) | <unsigned char>p[i]
+            i += 1
+            if f.hdr == 4:
+                f.hdr = 0
+                f.remaining = f.length
+            else:
+                f.hdr += 1
+    return started
+
+
+def grpc_frame_count(pieces, bint response=False):
+    """The gRPC frames the stats filter counts in a body given as a sequence of bytes pieces
+    (for tests)."""
+    cdef GrpcFrames f
+    cdef int64_t total = 0
+    f.remaining = f.length = 0
+    f.hdr = f.stopped = 0
+    for piece in pieces:
+        total += grpc_frames(&f, PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece), response)
+    return total
+
+
+cdef void gs_start(Stream s, ListenerRuntime lr, RequestHead *head):
+    """The gRPC stats filter on a gRPC request's head: counted when its route's cluster exists
+    and its path (up to '?', split at '/', empty parts skipped) is exactly /service/method, as
+    Envoy's Grpc::Common::resolveServiceAndMethod reads it."""
+    cdef ClusterRuntime c = lr.worker.clusters.get(s.decision.cluster)
+    cdef const char *p = head.path
+    cdef size_t n = head.path_len, i = 0, j
+    cdef size_t start[2]
+    cdef size_t end[2]
+    cdef int parts = 0
+    cdef const char *q
+    if c is None or c.grpc_base < 0:
+        return
+    q = <const char *>memchr(p, 63, n)  # '?'
+    if q != NULL:
+        n = q - p
+    while i < n:
+        if p[i] == 47:  # '/'
+            i += 1
+            continue
+        if parts == 2:
+            return
+        j = i
+        while j < n and p[j] != 47:
+            j += 1
+        start[parts] = i
+        end[parts] = j
+        parts += 1
+        i = j
+    if parts != 2:
+        return
+    cdef int base = c.grpc_base
+    if lr.gs_allow is not None:
+        index = lr.gs_allow.get(p[start[0]:end[0]] + b"/" + p[start[1]:end[1]])
+        if index is not None:
+            base = c.grpc_method_bases[index]
+    s.gs_base = base
+    s.gs_resp = False
+    s.gs_req.remaining = s.gs_rsp.remaining = 0
+    s.gs_req.hdr = s.gs_rsp.hdr = 0
+    s.gs_req.stopped = s.gs_rsp.stopped = 0
+
+
+cdef inline void gs_request_body(Stream s, int64_t *v, const char *p, size_t n) noexcept:
+    cdef int64_t k = grpc_frames(&s.gs_req, p, n, False)
+    if k:
+        v[s.gs_base + GRPC_REQUEST_MESSAGE_COUNT] += k
+
+
+cdef inline void gs_response_body(Stream s, int64_t *v, const char *p, size_t n) noexcept:
+    cdef int64_t k = grpc_frames(&s.gs_rsp, p, n, True)
+    if k:
+        v[s.gs_base + GRPC_RESPONSE_MESSAGE_COUNT] += k
+
+
+cdef inline void gs_status_code(int64_t *v, int base, int code) noexcept:
+    v[base + GRPC_TOTAL] += 1
+    v[base + (GRPC_SUCCESS if code == 0 else GRPC_FAILURE)] += 1
+    if 0 <= code <= 16:
+        v[base + GRPC_STATUS_0 + code] += 1
+
+
+cdef void gs_status(int64_t *v, int base, const char *value, size_t n) noexcept:
+    """A grpc-status value as Envoy charges it: success when it is exactly "0", and grpc.<value>
+    for the well-known statuses 0 .. 16 written as Envoy names them (Envoy makes a counter at
+    run time for any other value: not kept here; total and failure still count)."""
+    cdef int code = -1
+    if n == 1 and 48 <= value[0] <= 57:
+        code = value[0] - 48
+    elif n == 2 and value[0] == 49 and 48 <= value[1] <= 54:  # "10" .. "16"
+        code = 10 + value[1] - 48
+    if code >= 0:
+        gs_status_code(v, base, code)
+    else:
+        v[base + GRPC_TOTAL] += 1
+        v[base + GRPC_FAILURE] += 1
+
+
+cdef void gs_response_head(Stream s, int64_t *v, ResponseHead *head) noexcept:
+    """The response head of a counted call: its grpc-status, if any, is charged; frames of the
+    body are counted when it is a gRPC answer (200, gRPC content-type)."""
+    cdef int i = find_header(head.headers, head.num_headers, b"grpc-status", 11)
+    if i >= 0:
+        gs_status(v, s.gs_base, head.headers[i].value, head.headers[i].value_len)
+    i = find_header(head.headers, head.num_headers, b"content-type", 12)
+    s.gs_resp = head.status == 200 and i >= 0 and _grpc_content_type(head.headers[i].value,
+                                                                      head.headers[i].value_len)
+
+
+cdef void gs_trailers(Stream s, int64_t *v):
+    """The trailers of a counted call (HTTP/2 upstreams): their grpc-status, if any.  They end
+    the answer: nothing more is counted for the call."""
+    cdef int base = s.gs_base
+    s.gs_base = -1
+    for name, value in s.response_trailers:
+        if name == b"grpc-status":
+            gs_status(v, base, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+            return
 
 
 # -- gRPC-Web (envoy.filters.http.grpc_web) ----------------------------------------------------
@@ -2676,6 +2882,8 @@ cdef class UpstreamConnection:
                 return 0
             self.cluster.worker.values[self.cluster.base + CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED] += 1
             set_flag(s, RF_URX)
+        if s.gs_base >= 0:
+            gs_response_head(s, w.values, head)
         s.status = head.status
         s.response_started = True
         self.keep_alive = head.keep_alive
@@ -2754,6 +2962,8 @@ cdef class UpstreamConnection:
         ob_put(b, b"\r\n", 2)
         if whole:
             ob_put(b, data + head_len, whole)
+            if s.gs_base >= 0 and s.gs_resp:
+                gs_response_body(s, w.values, data + head_len, whole)
         out = ob_take(b)
         del self.buf[:head_len + whole]
         s.bytes_sent += whole
@@ -2794,15 +3004,21 @@ cdef class UpstreamConnection:
                     data = data[:d.remaining]
                     self.keep_alive = False
                 d.remaining = 0
+                if s.gs_base >= 0 and s.gs_resp:
+                    gs_response_body(s, down.worker.values, PyBytes_AS_STRING(data), len(data))
                 down._write(data)
                 return self._response_done()
             d.remaining -= n
+            if s.gs_base >= 0 and s.gs_resp:
+                gs_response_body(s, down.worker.values, PyBytes_AS_STRING(data), n)
             down._write(data)
             return 0
         if d.kind == BODY_EOF:
             s.bytes_sent += n
             if n:
-                down._write(chunk_frame(PyBytes_AS_STRING(data), n))
+                if s.gs_base >= 0 and s.gs_resp:
+                    gs_response_body(s, down.worker.values, PyBytes_AS_STRING(data), n)
+                down._write_chunk(data)
             return 0
         # chunked: decode in place, re-frame for the client
         work = bytearray(data)
@@ -2814,11 +3030,13 @@ cdef class UpstreamConnection:
             return 0
         if length > 0:
             s.bytes_sent += length
-            down._write(chunk_frame(PyByteArray_AS_STRING(work), length))
+            if s.gs_base >= 0 and s.gs_resp:
+                gs_response_body(s, down.worker.values, PyByteArray_AS_STRING(work), length)
+            down._write_chunk(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(work), length))
         if rc == 1:
             if consumed < <size_t>n:
                 self.keep_alive = False
-            down._write(last_chunk(s, down))
+            down._write_last_chunk()
             return self._response_done()
         return 0
 
@@ -2865,6 +3083,13 @@ cdef class UpstreamConnection:
         cdef OutBuf *b = &self.cluster.worker.out
         cdef bytes out
         cdef list trailers
+        if s.gs_base >= 0:
+            # the gRPC stats filter (after the gRPC-Web one) sees the upstream's answer
+            if s.gs_resp and PyBytes_GET_SIZE(payload):
+                gs_response_body(s, down.worker.values, PyBytes_AS_STRING(payload),
+                                 PyBytes_GET_SIZE(payload))
+            if done and s.response_trailers:
+                gs_trailers(s, down.worker.values)
         if s.grpc_web & GW_TRANSFORM:
             if PyBytes_GET_SIZE(payload) and st.held_size < GRPC_WEB_MAX_MESSAGE:
                 if st.held is None:
@@ -2925,13 +3150,17 @@ cdef class UpstreamConnection:
         if s.grpc_web:
             self._grpc_web_data(b"", True)
             return
-        s.downstream._write(last_chunk(s, s.downstream))
+        if s.gs_base >= 0 and s.response_trailers:
+            gs_trailers(s, s.downstream.worker.values)  # before the client sees them
+        s.downstream._write_last_chunk()
         self._response_done()
 
     cdef int _response_done(self) except -1:
         cdef Stream s = self.stream
         cdef DownstreamConnection down = s.downstream
         cdef ClusterRuntime c = self.cluster
+        if s.gs_base >= 0 and s.response_trailers:
+            gs_trailers(s, down.worker.values)
         down._stream_stats_end(s.status)
         self.stream = None
         s.upstream = None

@@ -21,13 +21,14 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.stdlib cimport malloc, free
 
 from fastproxy._core.http1 cimport (
-    ResponseHead, BodyDecoder, parse_response_head, body_decoder_init, body_decode,
+    RequestHead, ResponseHead, BodyDecoder, FP_MAX_HEADERS, parse_response_head, body_decoder_init, body_decode,
     is_hop_by_hop_name, name_eq, PARSE_INCOMPLETE, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
-    BODY_EOF,
+    BODY_EOF, CHUNK_SIZE_START,
 )
 from fastproxy._core.includes.picohttpparser cimport phr_header
 from fastproxy._core.includes.nghttp2 cimport nghttp2_nv, NGHTTP2_NV_FLAG_NONE
 from libc.stdint cimport uint8_t
+from cpython.list cimport PyList_GET_SIZE
 from fastproxy._core.http2 cimport (
     H2Handler, H2Session, H2Options, h2_options_init, H2_OK, H2_ERR_PROTOCOL,
     h2_options_from_model, H2Keepalive,
@@ -50,7 +51,6 @@ cdef inline double now_s() noexcept nogil:
 cdef enum:
     FP_NV_MAX = 132  # FP_MAX_HEADERS (128) + pseudo-headers
 
-cdef uint32_t NGHTTP2_CANCEL = 8
 cdef uint32_t NGHTTP2_INTERNAL_ERROR = 2
 
 # Request headers that mean nothing on an HTTP/1 hop (RFC 9113 8.2.2 forbids most of them in
@@ -218,6 +218,42 @@ cdef class H2StreamBridge(DownstreamConnection):
                 self._check_backpressure()
                 return
 
+    cdef bint _direct_body(self):
+        """The response path may hand body pieces over as they are: the head went out, the
+        body is chunked on the HTTP/1 side and nothing is half parsed."""
+        return (self.head_sent and PyByteArray_GET_SIZE(self.rbuf) == 0
+                and self.rbody.kind == BODY_CHUNKED and self.rbody.chunk_state == CHUNK_SIZE_START)
+
+    cdef void _write_chunk(self, bytes piece):
+        """A body piece straight to DATA (no chunk framing to add and parse again)."""
+        cdef H2DownstreamConnection c = self.conn
+        if self.gone or self.response_done:
+            return
+        if not self._direct_body():
+            DownstreamConnection._write_chunk(self, piece)
+            return
+        if PyBytes_GET_SIZE(piece):
+            self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_TX_BYTES_TOTAL] += \
+                PyBytes_GET_SIZE(piece)
+            c.session.send_data(self.sid, piece, False)
+            self._check_backpressure()
+            c.flush_soon()
+
+    cdef void _write_last_chunk(self):
+        cdef H2DownstreamConnection c = self.conn
+        if self.gone or self.response_done:
+            return
+        if not self._direct_body():
+            DownstreamConnection._write_last_chunk(self)
+            return
+        self.response_done = True
+        trailers = self.stream.response_trailers
+        if trailers:
+            c.session.submit_trailers(self.sid, trailers)  # (gRPC status) ends the stream
+        else:
+            c.session.send_data(self.sid, b"", True)
+        c.flush_soon()
+
     cdef int _finish_stream(self) except -1:
         DownstreamConnection._finish_stream(self)
         # The request is answered: nothing reaches the stream through its downstream any more.
@@ -251,7 +287,7 @@ cdef class H2StreamBridge(DownstreamConnection):
         # complete response needs nothing more; anything else resets the stream.
         self.closing = True
         if not self.response_done:
-            self._reset(NGHTTP2_CANCEL)
+            self._reset(NGHTTP2_INTERNAL_ERROR)  # an aborted answer, as Envoy resets it
 
     cdef void finished(self):
         """The HTTP/2 stream is gone (closed or reset).  A stream whose response was handed over
@@ -478,23 +514,32 @@ cdef class H2DownstreamConnection(H2Handler):
         return 0
 
     cdef _on_request(self, int32_t sid, list headers, bint end_stream):
+        """A request head: handed to the request path as a parsed HTTP/1 head (the worker's
+        RequestHead pointing into the header list's bytes, which nghttp2 has validated; the
+        :authority becomes Host, split cookies are joined), as if read from a socket."""
+        cdef RequestHead *head = self.worker.req_head
         cdef H2StreamBridge b
         cdef int64_t *v = self.worker.values
-        cdef list lines = []
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(headers)
+        cdef size_t k = 1   # headers[0] is Host
+        cdef Py_ssize_t nl
+        cdef int64_t length = -1
+        cdef bytes name, value, method = None, path = None, authority = None, cookie = None
         cdef list cookies = None
-        cdef bytes name, value
-        method = path = authority = None
-        has_length = False
-        for name, value in headers:
-            if name[:1] == b":":
-                if name == b":method":
+        for i in range(n):
+            pair = <tuple>headers[i]
+            name = <bytes>pair[0]
+            value = <bytes>pair[1]
+            nl = PyBytes_GET_SIZE(name)
+            if PyBytes_AS_STRING(name)[0] == 58:  # ':'
+                if nl == 7 and name == b":method":
                     method = value
-                elif name == b":path":
+                elif nl == 5 and name == b":path":
                     path = value
-                elif name == b":authority":
+                elif nl == 10 and name == b":authority":
                     authority = value
                 continue
-            if name == b"cookie":
+            if nl == 6 and name == b"cookie":
                 # HTTP/2 splits cookies; HTTP/1 joins them with "; "
                 if cookies is None:
                     cookies = [value]
@@ -502,37 +547,73 @@ cdef class H2DownstreamConnection(H2Handler):
                     cookies.append(value)
                 continue
             if name in SKIP_REQUEST:
-                if name == b"host" and authority is None:
+                if nl == 4 and authority is None:  # host
                     authority = value
                 continue
-            if name == b"content-length":
-                has_length = True
-            lines.append(name)
-            lines.append(b": ")
-            lines.append(value)
-            lines.append(b"\r\n")
+            if nl == 14 and name == b"content-length":
+                length = int(value)  # nghttp2 checked that it is a number
+            if k >= FP_MAX_HEADERS - 1:
+                self.session.reset_stream(sid, 1)  # more than the codec lets through
+                return
+            head.headers[k].name = PyBytes_AS_STRING(name)
+            head.headers[k].name_len = nl
+            head.headers[k].value = PyBytes_AS_STRING(value)
+            head.headers[k].value_len = PyBytes_GET_SIZE(value)
+            k += 1
         if method is None or path is None:
             self.session.reset_stream(sid, 1)  # PROTOCOL_ERROR
             return
+        if cookies:
+            cookie = b"; ".join(cookies)
+            head.headers[k].name = b"cookie"
+            head.headers[k].name_len = 6
+            head.headers[k].value = PyBytes_AS_STRING(cookie)
+            head.headers[k].value_len = PyBytes_GET_SIZE(cookie)
+            k += 1
+        if authority is None:
+            authority = b""
+        head.headers[0].name = b"host"
+        head.headers[0].name_len = 4
+        head.headers[0].value = PyBytes_AS_STRING(authority)
+        head.headers[0].value_len = PyBytes_GET_SIZE(authority)
+        head.num_headers = k
+        head.host_index = 0
+        head.method = PyBytes_AS_STRING(method)
+        head.method_len = PyBytes_GET_SIZE(method)
+        head.path = PyBytes_AS_STRING(path)
+        head.path_len = PyBytes_GET_SIZE(path)
+        head.target = head.path
+        head.target_len = head.path_len
+        head.authority = NULL
+        head.authority_len = 0
+        head.minor_version = 1
+        head.keep_alive = True
+        head.expect_continue = False
+        head.upgrade = False
+        head.is_head = method == b"HEAD"
+        head.is_connect = method == b"CONNECT"
+        head.upgrade_index = -1
+        head.te_index = -1
+        head.error = NULL
+        head.content_length = 0
         b = new_bridge(self.listener)
+        if length > 0:
+            head.body_kind = BODY_LENGTH
+            head.content_length = length
+        elif length == 0 or end_stream:
+            head.body_kind = BODY_NONE
+        else:
+            head.body_kind = BODY_CHUNKED  # the DATA frames are framed as chunks for it
+            b.chunked_request = True
         b.conn = self
         b.sid = sid
         b.rbuf = bytearray()
         b.transport = self.transport
         b.write = _drop
         b.last_activity = now_s()
-        b.chunked_request = not end_stream and not has_length
-        if cookies:
-            lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
-        if b.chunked_request:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
         self.streams[sid] = b
         v[self.listener.http_base + HTTP_DOWNSTREAM_RQ_HTTP2_TOTAL] += 1
-        # the request path takes it from here, as it takes a head read from a socket
-        b.buf += method + b" " + path + b" HTTP/1.1\r\nhost: " + (authority or b"") + b"\r\n"
-        b.buf += b"".join(lines)
-        b._process()
+        b._on_request_head(NULL, 0, 0)
         # the HTTP/1 path counted this request as HTTP/1
         v[self.listener.http_base + HTTP_DOWNSTREAM_RQ_HTTP1_TOTAL] -= 1
 
@@ -543,7 +624,7 @@ cdef class H2DownstreamConnection(H2Handler):
                 piece = PyBytes_FromStringAndSize(data, length)
                 if b.chunked_request:
                     piece = b"%x\r\n" % length + piece + b"\r\n"
-                b.data_received(piece)
+                b._received(piece)
         except BaseException:
             _log.debug("internal error in an HTTP/2 event", exc_info=True)
             self.session.reset_stream(sid, NGHTTP2_INTERNAL_ERROR)
@@ -561,7 +642,7 @@ cdef class H2DownstreamConnection(H2Handler):
         cdef H2StreamBridge b = self.streams.get(sid)
         try:
             if b is not None and not b.gone and b.chunked_request:
-                b.data_received(b"0\r\n\r\n")
+                b._received(b"0\r\n\r\n")
         except BaseException:
             _log.debug("internal error in an HTTP/2 event", exc_info=True)
             self.session.reset_stream(sid, NGHTTP2_INTERNAL_ERROR)

@@ -24,9 +24,11 @@ from libc.stdlib cimport malloc, free
 
 from fastproxy._core.includes.picohttpparser cimport phr_header
 from fastproxy._core.http1 cimport (
-    RequestHead, BodyDecoder, parse_request_head, body_decoder_init, body_decode,
-    is_hop_by_hop, name_eq, PARSE_INCOMPLETE, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
+    RequestHead, ResponseHead, BodyDecoder, parse_request_head, body_decoder_init, body_decode,
+    is_hop_by_hop, name_eq, PARSE_INCOMPLETE, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_EOF,
+    FP_MAX_HEADERS,
 )
+from cpython.list cimport PyList_GET_SIZE
 from fastproxy._core.http2 cimport (
     H2Handler, H2Session, H2Options, h2_options_init, H2_OK, H2_ERR_PROTOCOL,
     h2_options_from_model, H2Keepalive,
@@ -269,39 +271,76 @@ cdef class H2UpstreamStream(UpstreamConnection):
 
     # -- response: HTTP/2 events -> HTTP/1 bytes --------------------------------------------------
     cdef int on_head(self, list headers, bint end_stream) except -1:
+        """The response head, handed to the response path as a parsed HTTP/1 head (the
+        worker's ResponseHead pointing into the header list's bytes, which nghttp2 has
+        validated): no HTTP/1 text to write and parse again."""
+        cdef ResponseHead *head = self.cluster.worker.resp_head
+        cdef Stream s = self.stream
+        cdef bint is_head = s.is_head
+        cdef bint grpc = s.grpc
         cdef int status = 0
-        cdef bint has_length = False
-        cdef list lines = []
-        cdef bint is_head = self.stream.is_head
-        cdef bint grpc = self.stream.grpc
-        for name, value in headers:
-            if name[0] == 58:  # ':'
+        cdef int64_t length = -1
+        cdef size_t k = 0
+        cdef bytes name, value
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(headers)
+        for i in range(n):
+            pair = <tuple>headers[i]
+            name = <bytes>pair[0]
+            value = <bytes>pair[1]
+            if PyBytes_AS_STRING(name)[0] == 58:  # ':'
                 if name == b":status":
                     status = int(value)
                 continue
-            if name == b"content-length":
+            if PyBytes_GET_SIZE(name) == 14 and name == b"content-length":
                 if (end_stream and not is_head) or grpc:
                     # (a gRPC answer's trailers follow its body: delimited by the stream's
                     # end, the body does not end the response before they arrive)
                     continue
-                has_length = True
-            lines.append(name)
-            lines.append(b": ")
-            lines.append(value)
-            lines.append(b"\r\n")
+                length = int(value)  # nghttp2 checked it is a number
+            if k == FP_MAX_HEADERS:
+                raise _Refused("protocol error")
+            head.headers[k].name = PyBytes_AS_STRING(name)
+            head.headers[k].name_len = PyBytes_GET_SIZE(name)
+            head.headers[k].value = PyBytes_AS_STRING(value)
+            head.headers[k].value_len = PyBytes_GET_SIZE(value)
+            k += 1
         if status < 200:
             return 0  # 1xx: the request path does not forward interim answers
         self.resp_head_seen = True
+        head.status = status
+        head.reason = b"OK"
+        head.reason_len = 2
+        head.minor_version = 1
+        head.num_headers = k
+        head.keep_alive = True
+        head.error = NULL
+        head.upgrade = False
+        head.te_index = -1
+        head.content_length = 0
         if end_stream:
             self.remote_ended = True
-            if not is_head and status != 204 and status != 304:
-                lines.append(b"content-length: 0\r\n")
-        elif not has_length:
-            # no framing header: the request path reads the body until its end, which comes
-            # with the stream's (on_end), without a chunk framing to add here and remove there
+        if end_stream or is_head or status == 204 or status == 304:
+            head.body_kind = BODY_NONE
+            if end_stream and not is_head and status != 204 and status != 304:
+                # an HTTP/1 answer without a body says so
+                if k == FP_MAX_HEADERS:
+                    raise _Refused("protocol error")
+                head.headers[k].name = b"content-length"
+                head.headers[k].name_len = 14
+                head.headers[k].value = b"0"
+                head.headers[k].value_len = 1
+                head.num_headers = k + 1
+        elif length >= 0:
+            head.body_kind = BODY_LENGTH if length > 0 else BODY_NONE
+            head.content_length = length
+        else:
+            # no length: the request path reads the body until its end, which comes with the
+            # stream's (on_end)
             self.open_body = True
-        lines.append(b"\r\n")
-        self._received(b"HTTP/1.1 %d OK\r\n" % status + b"".join(lines))
+            head.body_kind = BODY_EOF
+        self.last_activity = now_s()
+        if self.state == U_HEAD and s is not None:
+            self._on_response_head(NULL, 0, 0)
         return 0
 
     cdef int on_body(self, const char *data, size_t length) except -1:

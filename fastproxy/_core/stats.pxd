@@ -143,6 +143,14 @@ cdef enum:  # cluster
     CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT = 82
     CLUSTER_UPSTREAM_RQ_100 = 83    # upstream_rq_100 .. upstream_rq_599 follow in order
 
+cdef enum:  # grpc
+    GRPC_SUCCESS = 0
+    GRPC_FAILURE = 1
+    GRPC_TOTAL = 2
+    GRPC_REQUEST_MESSAGE_COUNT = 3
+    GRPC_RESPONSE_MESSAGE_COUNT = 4
+    GRPC_STATUS_0 = 5    # grpc.0 .. grpc.16 follow in order
+
 cdef class StatsSlot:
     cdef int64_t *values        # this process's slot
     cdef void *mapping

@@ -27,6 +27,7 @@ Filters use Python's ``re`` syntax rather than RE2; the two agree on the common 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -490,9 +491,14 @@ class AdminServer:
             self._server = None
 
 
-def stat_rows(names: Iterable[str], kinds: Iterable[str], values: Iterable[int]):
+def stat_rows(names: Iterable[str], kinds: Iterable[str], values: Iterable[int],
+              lazy: Optional[Iterable[bool]] = None):
     """Zip a layout's names and kinds with summed values into the rows ``stats()`` returns.
-    "Used" is approximated as non-zero: the shared block keeps no written-since-start bit."""
+    "Used" is approximated as non-zero: the shared block keeps no written-since-start bit.
+    Stats Envoy creates on first use are left out while zero: the per-status counters, and
+    those `lazy` (the layout's flags, parallel to `names`) marks."""
     from fastproxy.stats.names import hidden_when_zero
-    return [(n, k, v, v != 0) for n, k, v in zip(names, kinds, values)
-            if v != 0 or not hidden_when_zero(n)]
+    if lazy is None:
+        lazy = itertools.repeat(False)
+    return [(n, k, v, v != 0) for n, k, v, z in zip(names, kinds, values, lazy)
+            if v != 0 or not (z or hidden_when_zero(n))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.extensions.filters.http.grpc_web.v3 import grpc_web_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -27,6 +28,8 @@ _HCM = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _ROUTER = router_pb2.Router.DESCRIPTOR.full_name
 _GRPC_WEB = grpc_web_pb2.GrpcWeb.DESCRIPTOR.full_name
 _GRPC_WEB_FILTER = "envoy.filters.http.grpc_web"
+_GRPC_STATS = grpc_stats_pb2.FilterConfig.DESCRIPTOR.full_name
+_GRPC_STATS_FILTER = "envoy.filters.http.grpc_stats"
 # The one typed_extension_protocol_options key (and type) of a cluster
 _UPSTREAM_HTTP = http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR.full_name
 _UPSTREAM_IDLE_TIMEOUT_MS = 3_600_000  # Envoy's default for upstream connections: 1 h
@@ -137,7 +140,8 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
     codec = enum_name(h, "codec_type")
     if codec not in _CODECS:
         errors.add(join(path, "codec_type"), f"{codec} not supported")
-    rl_name, rl, grpc_web, grpc_web_after_rl = _http_filters(h, join(path, "http_filters"), errors)
+    rl_name, rl, grpc_web, grpc_web_after_rl, grpc_stats = _http_filters(
+        h, join(path, "http_filters"), errors)
     rc = route_configuration(h.route_config, join(path, "route_config"), errors, refs)
     if not h.HasField("route_config"):
         return None  # reported by the validation rules
@@ -166,6 +170,7 @@ def _hcm(h, path: str, errors: Errors, refs: ClusterRefs) -> Optional[model.Http
         http2=http2_options(h.http2_protocol_options),
         grpc_web=grpc_web,
         grpc_web_after_ratelimit=grpc_web_after_rl,
+        grpc_stats=grpc_stats,
         enable_trailers=h.http_protocol_options.enable_trailers,
     )
 
@@ -188,13 +193,16 @@ def http2_options(msg) -> model.Http2Options:
 
 
 def _http_filters(h, path: str, errors: Errors):
-    """http_filters: optional local rate limit and gRPC-Web filters (at most one of each, in any
-    order), then the router, which must come last (or no filters at all, as Envoy allows).
-    Returns (name, LocalRateLimit) of the rate limit filter, or ("", None), whether there is a
-    gRPC-Web filter, and whether it comes after the rate limit filter."""
+    """http_filters: optional local rate limit, gRPC-Web and gRPC stats filters (at most one of
+    each, in any order), then the router, which must come last (or no filters at all, as Envoy
+    allows).  Returns (name, LocalRateLimit) of the rate limit filter, or ("", None), whether
+    there is a gRPC-Web filter, whether it comes after the rate limit filter, and the
+    model.GrpcStats of the gRPC stats filter (None without one)."""
     filters = h.http_filters
     found = ("", None)
     grpc_web = grpc_web_after_rl = False
+    grpc_stats = None
+    rl_at = gw_at = gs_at = -1
     for i, flt in enumerate(filters):
         tpath = f"{path}[{i}].typed_config"
         if not flt.HasField("typed_config"):
@@ -216,6 +224,7 @@ def _http_filters(h, path: str, errors: Errors):
                 errors.add(f"{path}[{i}]", "only one local rate limit filter is supported")
             else:
                 found = local_ratelimit.http_filter(flt, inner, tpath, errors)
+                rl_at = i
             if last:
                 errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
                                            f"{local_ratelimit.FILTER_NAME} is the last filter in "
@@ -225,13 +234,46 @@ def _http_filters(h, path: str, errors: Errors):
                 errors.add(f"{path}[{i}]", "only one gRPC-Web filter is supported")
             grpc_web = True
             grpc_web_after_rl = found[1] is not None
+            gw_at = i
             if last:
                 errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
                                            f"{_GRPC_WEB_FILTER} is the last filter in a http "
                                            "filter chain.")
+        elif kind == _GRPC_STATS:
+            if grpc_stats is not None:
+                errors.add(f"{path}[{i}]", "only one gRPC stats filter is supported")
+            else:
+                grpc_stats = _grpc_stats(inner, tpath, errors)
+                gs_at = i
+            if last:
+                errors.add(f"{path}[{i}]", f"non-terminal filter named {flt.name} of type "
+                                           f"{_GRPC_STATS_FILTER} is the last filter in a http "
+                                           "filter chain.")
         else:
             errors.add(tpath, f"type {kind} not supported as an HTTP filter")
-    return found[0], found[1], grpc_web, grpc_web_after_rl
+    if grpc_stats is not None:
+        grpc_stats.before_ratelimit = gs_at < rl_at
+        grpc_stats.after_grpc_web = 0 <= gw_at < gs_at
+    return found[0], found[1], grpc_web, grpc_web_after_rl, grpc_stats
+
+
+def _grpc_stats(msg, path: str, errors: Errors) -> model.GrpcStats:
+    """envoy.filters.http.grpc_stats.  Only the configurations whose stat names are known at
+    start-up: stats_for_all_methods false (the default) or individual_method_stats_allowlist.
+    stats_for_all_methods true names stats after every method seen at run time: refused."""
+    which = msg.WhichOneof("per_method_stat_specifier")
+    if which == "stats_for_all_methods" and msg.stats_for_all_methods.value:
+        errors.add(join(path, "stats_for_all_methods"),
+                   "true not supported (stat names made per method at run time; list the methods "
+                   "in individual_method_stats_allowlist)")
+    out = model.GrpcStats()
+    if which == "individual_method_stats_allowlist":
+        out.allowlist = []
+        for service in msg.individual_method_stats_allowlist.services:
+            for method in service.method_names:
+                if (service.name, method) not in out.allowlist:
+                    out.allowlist.append((service.name, method))
+    return out
 
 
 def _cluster(cl, path: str, errors: Errors) -> model.Cluster:

@@ -255,6 +255,19 @@ class HttpConnectionManager:
     # the local rate limit filter comes before the gRPC-Web filter: its 429 replies are then
     # not translated to gRPC-Web (the gRPC-Web filter never saw the request)
     grpc_web_after_ratelimit: bool = False
+    grpc_stats: Optional["GrpcStats"] = None  # envoy.filters.http.grpc_stats in http_filters
+
+
+@dataclass
+class GrpcStats:
+    """envoy.filters.http.grpc_stats: cluster.<name>.grpc.* counters for gRPC requests."""
+    # individual_method_stats_allowlist as (service, method) pairs in config order, duplicates
+    # dropped; None when it is not set (every method is counted in cluster.<name>.grpc.*)
+    allowlist: Optional[list] = None
+    # its place in http_filters: before the local rate limit filter it sees (and counts) the
+    # requests that filter refuses; after the gRPC-Web filter it sees gRPC-Web requests as gRPC
+    before_ratelimit: bool = False
+    after_grpc_web: bool = False
 
 
 @dataclass

@@ -61,6 +61,13 @@ SUPPORTED: dict[str, set[str]] = {
     },
     "envoy.extensions.filters.http.router.v3.Router": set(),
     "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb": set(),
+    # stats_for_all_methods: only false (checked while compiling); emit_filter_state,
+    # enable_upstream_stats and replace_dots_in_grpc_service_name are not implemented
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": {
+        "stats_for_all_methods", "individual_method_stats_allowlist",
+    },
+    _CORE + "GrpcMethodList": {"services"},
+    _CORE + "GrpcMethodList.Service": {"name", "method_names"},
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit": {
         "stat_prefix", "status", "token_bucket", "filter_enabled", "filter_enforced",
         "response_headers_to_add", "enable_x_ratelimit_headers",

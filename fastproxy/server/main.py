@@ -119,7 +119,8 @@ class Supervisor:
         limits.refresh(self.shared, self.layout, self.bootstrap)
         if self.host_health is not None:
             self.host_health.refresh_stats()
-        return stat_rows(self.layout.names, self.layout.kinds, self.shared.sum())
+        return stat_rows(self.layout.names, self.layout.kinds, self.shared.sum(),
+                         getattr(self.layout, "lazy", None))
 
     def server_state(self) -> str:
         return self.state

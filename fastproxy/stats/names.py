@@ -164,6 +164,23 @@ CLUSTER_CODE_BASE = len(CLUSTER_STATS)
 CLUSTER_STATS += [("upstream_rq_%d" % code, COUNTER) for code in range(100, 600)]
 
 
+# cluster.<name>.grpc.* and, for the methods of an individual_method_stats_allowlist,
+# cluster.<name>.grpc.<service>.<method>.*  (envoy.filters.http.grpc_stats).  Blocks exist only
+# when a connection manager has the filter; Envoy creates each of these counters on first use,
+# so the admin lists one only once it is non-zero (StatsLayout.lazy).  grpc.<status> follow for
+# the well-known statuses 0 (OK) .. 16 (UNAUTHENTICATED).
+GRPC_STATS = [
+    ("success", COUNTER),
+    ("failure", COUNTER),
+    ("total", COUNTER),
+    ("request_message_count", COUNTER),
+    ("response_message_count", COUNTER),
+]
+GRPC_CODE_BASE = len(GRPC_STATS)
+GRPC_MAX_STATUS = 16
+GRPC_STATS += [(str(code), COUNTER) for code in range(GRPC_MAX_STATUS + 1)]
+
+
 def hidden_when_zero(name: str) -> bool:
     """Stats that Envoy would not have created yet while they are zero."""
     tail = name.rsplit(".", 1)[-1]

@@ -33,14 +33,19 @@ def render() -> str:
     for section, prefix, table in (("server", "SERVER_", names.SERVER_STATS),
                                    ("listener", "LISTENER_", names.LISTENER_STATS),
                                    ("http", "HTTP_", names.HTTP_STATS),
-                                   ("cluster", "CLUSTER_", names.CLUSTER_STATS)):
+                                   ("cluster", "CLUSTER_", names.CLUSTER_STATS),
+                                   ("grpc", "GRPC_", names.GRPC_STATS)):
         out.append("cdef enum:  # %s" % section)
-        limit = names.CLUSTER_CODE_BASE if section == "cluster" else len(table)
+        limit = {"cluster": names.CLUSTER_CODE_BASE,
+                 "grpc": names.GRPC_CODE_BASE}.get(section, len(table))
         for i, (name, _) in enumerate(table[:limit]):
             out.append("    %s%s = %d" % (prefix, name.upper().replace(".", "_"), i))
         if section == "cluster":
             out.append("    CLUSTER_UPSTREAM_RQ_100 = %d    # upstream_rq_100 .. upstream_rq_599 "
                        "follow in order" % names.CLUSTER_CODE_BASE)
+        if section == "grpc":
+            out.append("    GRPC_STATUS_0 = %d    # grpc.0 .. grpc.%d follow in order"
+                       % (names.GRPC_CODE_BASE, names.GRPC_MAX_STATUS))
         out.append("")
     out.append(FOOTER)
     return "\n".join(out)

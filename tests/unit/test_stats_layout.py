@@ -24,10 +24,11 @@ def test_pxd_is_generated_from_the_tables():
 def test_pxd_enums_mirror_the_name_tables():
     text = open(PXD).read()
     tables = [("server", "SERVER_", names.SERVER_STATS), ("listener", "LISTENER_", names.LISTENER_STATS),
-              ("http", "HTTP_", names.HTTP_STATS), ("cluster", "CLUSTER_", names.CLUSTER_STATS)]
+              ("http", "HTTP_", names.HTTP_STATS), ("cluster", "CLUSTER_", names.CLUSTER_STATS),
+              ("grpc", "GRPC_", names.GRPC_STATS)]
     for section, prefix, table in tables:
         members = _enum_members(text, section)
-        fixed = [mm for mm in members if mm[0] != "CLUSTER_UPSTREAM_RQ_100"]
+        fixed = [mm for mm in members if mm[0] not in ("CLUSTER_UPSTREAM_RQ_100", "GRPC_STATUS_0")]
         for (member, index), (name, _) in zip(fixed, table):
             assert member == prefix + name.upper().replace(".", "_")
             assert table[index][0] == name
@@ -35,6 +36,9 @@ def test_pxd_enums_mirror_the_name_tables():
             assert dict(members)["CLUSTER_UPSTREAM_RQ_100"] == names.CLUSTER_CODE_BASE
             assert table[names.CLUSTER_CODE_BASE][0] == "upstream_rq_100"
             assert table[-1][0] == "upstream_rq_599"
+        elif section == "grpc":
+            assert dict(members)["GRPC_STATUS_0"] == names.GRPC_CODE_BASE == len(fixed)
+            assert [n for n, _ in table[names.GRPC_CODE_BASE:]] == [str(c) for c in range(17)]
         else:
             assert len(fixed) == len(table)
 
