@@ -113,10 +113,12 @@ cdef enum:
     FAIL_CONNECT = 1
     FAIL_RESET = 2
     FAIL_PER_TRY_TIMEOUT = 3
+    FAIL_REFUSED = 4        # the upstream refused the stream (HTTP/2 REFUSED_STREAM)
 
 cdef frozenset RETRY_ON_CONNECT = frozenset(["5xx", "gateway-error", "reset", "connect-failure",
                                              "reset-before-request"])
 cdef frozenset RETRY_ON_RESET = frozenset(["5xx", "gateway-error", "reset"])
+cdef frozenset RETRY_ON_REFUSED = frozenset(["5xx", "gateway-error", "reset", "refused-stream"])
 cdef frozenset RETRY_ON_PER_TRY = frozenset(["5xx", "gateway-error"])
 
 
@@ -679,10 +681,13 @@ cdef class DownstreamConnection:
             v[lr.http_base + HTTP_DOWNSTREAM_CX_DESTROY_ACTIVE_RQ] += 1
         if s.upgrade and self.state == S_TUNNEL:
             v[lr.http_base + HTTP_DOWNSTREAM_CX_UPGRADES_ACTIVE] -= 1
-        self.state = S_CLOSED
         if active:
+            # (in its request state still, so that it is accounted and logged; without a
+            # transport, so that it is flagged DC)
+            self.transport = None
             self._abort_stream()
-        elif s.upstream is None:
+        self.state = S_CLOSED
+        if not active and s.upstream is None:
             # Nothing reaches this stream through its connection any more: unlinking them
             # spares the cycle collector one cycle per connection (a connection per request
             # would otherwise feed it a steady stream of garbage cycles).
@@ -1394,7 +1399,8 @@ cdef class DownstreamConnection:
         cdef UpstreamConnection up
         if s.retry is not None and not s.response_started and s.retry_on:
             conditions = RETRY_ON_CONNECT if kind == FAIL_CONNECT else (
-                RETRY_ON_RESET if kind == FAIL_RESET else RETRY_ON_PER_TRY)
+                RETRY_ON_RESET if kind == FAIL_RESET else
+                RETRY_ON_REFUSED if kind == FAIL_REFUSED else RETRY_ON_PER_TRY)
             if not conditions.isdisjoint(s.retry_on):
                 up = s.upstream
                 if up is not None:
@@ -3185,7 +3191,8 @@ cdef class UpstreamConnection:
                     s.hedges = None
                 return
             s.downstream._attempt_failed(
-                FAIL_CONNECT if not self.connected else FAIL_RESET,
+                FAIL_CONNECT if not self.connected else (
+                    FAIL_REFUSED if reason == "remote refused stream reset" else FAIL_RESET),
                 status, BODY_CONNECT_PREFIX + reason.encode())
         elif s is not None and s.hedges is not None and self in s.hedges:
             s.hedges.remove(self)

@@ -452,6 +452,9 @@ cdef class H2DownstreamConnection(H2Handler):
         if self.keepalive is not None:
             self.keepalive.stop()
             self.keepalive = None
+        self.session.handler = None  # no more events; unlinked, the session and the response
+                                     # bytes it still queues go with this object, without
+                                     # waiting for the cycle collector
         for b in list(self.streams.values()):
             b.finished()
         self.streams.clear()
@@ -479,6 +482,10 @@ cdef class H2DownstreamConnection(H2Handler):
                     len(piece)
             self.transport.writelines(out)
         self.session.output_flushed()
+        if not self.session.want_read() and not self.session.want_write():
+            # nghttp2 is done with the connection (a GOAWAY either way and no stream left):
+            # it would ignore anything more, so the connection goes
+            self._close_after_goaway()
 
     cdef void _close(self):
         if self.transport is not None and not self.closed:

@@ -420,6 +420,7 @@ cdef class H2UpstreamSession(H2Handler):
     cdef int priority
     cdef H2Keepalive keepalive  # connection_keepalive, or None
     cdef bint in_read           # inside data_received (its own flush follows)
+    cdef bint close_after_read  # close() was asked for inside feed()
     cdef bint flush_scheduled
 
     def __init__(self, H2Pool pool, object address, int priority):
@@ -490,6 +491,11 @@ cdef class H2UpstreamSession(H2Handler):
                 self.close()
 
     cdef void close(self):
+        if self.in_read:
+            # inside feed(): nghttp2 must not be asked to send (nor the session be torn down)
+            # while it is still receiving; data_received closes once feed() returns
+            self.close_after_read = True
+            return
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
@@ -648,6 +654,10 @@ cdef class H2UpstreamSession(H2Handler):
         self.in_read = True
         rc = self.session.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         self.in_read = False
+        if self.close_after_read:
+            self.close_after_read = False
+            self.close()
+            return
         if rc != H2_OK:
             if rc == H2_ERR_PROTOCOL:
                 self.flush()
@@ -686,6 +696,8 @@ cdef class H2UpstreamSession(H2Handler):
         if self.keepalive is not None:
             self.keepalive.stop()
             self.keepalive = None
+        self.session.handler = None  # no more events; unlinked, the session and what it
+                                     # queued go with this object, without the cycle collector
         was_closed = self.closed
         self.closed = True
         self.connected = False

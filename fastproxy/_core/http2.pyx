@@ -740,6 +740,8 @@ cdef class H2Session:
             return H2_ERR_FLOOD
         if self.terminated:
             return H2_ERR_PROTOCOL
+        if self.handler is None:
+            return H2_ERR_INTERNAL  # the owner let go of the session (its connection is gone)
         rv = nghttp2_session_mem_recv(self.session, <const uint8_t *>data, length)
         if rv < 0:
             if self.flood:
@@ -770,6 +772,8 @@ cdef class H2Session:
     cpdef int produce(self) noexcept:
         cdef const uint8_t *p
         cdef ssize_t n
+        if self.handler is None:
+            return H2_ERR_INTERNAL  # the owner let go of the session (its connection is gone)
         while True:
             n = nghttp2_session_mem_send(self.session, &p)
             if n < 0:
