@@ -2,6 +2,7 @@
 # carries one request through the router, upstream connections and their per-host keep-alive pool.
 
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uint8_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from fastproxy._core.http1 cimport RequestHead, ResponseHead, BodyDecoder
 from fastproxy._core.router cimport RouteTable, RouteDecision
 from fastproxy._core.lb cimport LoadBalancer
@@ -9,6 +10,13 @@ from fastproxy._core.stats cimport StatsSlot
 from fastproxy._core.hoststate cimport HostState
 from fastproxy._core.breakers cimport CircuitBreakers
 from fastproxy._core.ratelimit cimport RequestFilters
+
+# The monotonic clock of the data plane (seconds), for activity times and timeouts.
+cdef inline double now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
 
 # UpstreamConnection.state
 cdef enum:

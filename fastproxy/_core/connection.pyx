@@ -17,7 +17,6 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t, uint32_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memchr, memcmp, strcmp
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from fastproxy._core.includes.picohttpparser cimport phr_header
 from fastproxy._core.http1 cimport (
@@ -126,11 +125,6 @@ DEF_WHEEL_SLOTS = 256
 cdef double WHEEL_TICK = 0.01
 
 
-cdef inline double now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
 
 # ---------------------------------------------------------------------------------------------
 # Output buffer: the upstream request head and downstream response head are built here.
@@ -209,6 +203,16 @@ cdef inline int ob_put_hex(OutBuf *b, uint64_t v) except -1:
         tmp[i] = digits[v & 15]
         v >>= 4
     return ob_put(b, tmp + i, 20 - i)
+
+
+cdef int ob_put_headers(OutBuf *b, list headers) except -1:
+    """(name, value) pairs as header lines."""
+    for name, value in headers:
+        ob_put_bytes(b, name)
+        ob_put(b, b": ", 2)
+        ob_put_bytes(b, value)
+        ob_put(b, b"\r\n", 2)
+    return 0
 
 
 cdef inline bytes ob_take(OutBuf *b):
@@ -1602,11 +1606,7 @@ cdef class DownstreamConnection:
             return self._grpc_local_reply(status, body, close, extra, ops)
         ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
         if extra:
-            for name, value in extra:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, extra)
         if ops:
             apply_ops(b, ops)
         if body:
@@ -1615,11 +1615,7 @@ cdef class DownstreamConnection:
             ob_put(b, b"\r\ncontent-type: text/plain\r\n", 28)
         if s.response_headers:
             # headers of the HTTP filters (x-ratelimit-*): after content-type, before date
-            for name, value in s.response_headers:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, s.response_headers)
         ob_put(b, b"date: ", 6)
         ob_put_bytes(b, w.date())
         ob_put(b, b"\r\nserver: ", 10)
@@ -1666,19 +1662,11 @@ cdef class DownstreamConnection:
             ob_put_bytes(b, grpc_percent_encode(body))
             ob_put(b, b"\r\n", 2)
         if extra:
-            for name, value in extra:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, extra)
         if ops:
             apply_ops(b, ops)
         if s.response_headers:
-            for name, value in s.response_headers:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, s.response_headers)
         ob_put(b, b"date: ", 6)
         ob_put_bytes(b, w.date())
         ob_put(b, b"\r\nserver: ", 10)
@@ -1709,11 +1697,7 @@ cdef class DownstreamConnection:
         cdef bytes ct = CT_GRPC_WEB_TEXT if s.grpc_web & GW_TEXT_OUT else CT_GRPC_WEB
         ob_put_bytes(b, <bytes>STATUS_LINES[status] if 100 <= status < 1000 else STATUS_LINES[500])
         if extra:
-            for name, value in extra:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, extra)
         if ops:
             apply_ops(b, ops)
         if body:
@@ -1722,11 +1706,7 @@ cdef class DownstreamConnection:
             ob_put_bytes(b, ct)
             ob_put(b, b"\r\n", 2)
         if s.response_headers:
-            for name, value in s.response_headers:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, s.response_headers)
         if not body:
             ob_put(b, b"content-type: ", 14)
             ob_put_bytes(b, ct)
@@ -2931,11 +2911,7 @@ cdef class UpstreamConnection:
         if s.decision.response_ops:
             apply_ops(b, s.decision.response_ops)
         if s.response_headers:
-            for name, value in s.response_headers:
-                ob_put_bytes(b, name)
-                ob_put(b, b": ", 2)
-                ob_put_bytes(b, value)
-                ob_put(b, b"\r\n", 2)
+            ob_put_headers(b, s.response_headers)
         if gw:
             grpc_web_response_middle(s, b, head)
         if not seen_date:

@@ -17,7 +17,6 @@ stream has more than the listener's buffer limit queued.
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.stdlib cimport malloc, free
 
 from fastproxy._core.http1 cimport (
@@ -34,6 +33,7 @@ from fastproxy._core.http2 cimport (
     h2_options_from_model, H2Keepalive,
 )
 from fastproxy._core.connection cimport (
+    now,
     DownstreamConnection, ListenerRuntime, Worker, Stream, UpstreamConnection, GW_TRANSFORM,
 )
 from fastproxy._core.stats cimport *
@@ -42,10 +42,6 @@ from fastproxy._core.router cimport RouteDecision
 import logging
 _log = logging.getLogger("fastproxy.http2")
 
-cdef inline double now_s() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef enum:
@@ -358,7 +354,7 @@ cdef class H2DownstreamConnection(H2Handler):
         v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP2_TOTAL] += 1
         v[lr.http_base + HTTP_DOWNSTREAM_CX_HTTP2_ACTIVE] += 1
         self.worker.connections.add(self)
-        self.last_activity = now_s()
+        self.last_activity = now()
         self.flush()  # our SETTINGS
         ka = lr.model.hcm.http2
         if ka.keepalive_interval_ms > 0:
@@ -415,7 +411,7 @@ cdef class H2DownstreamConnection(H2Handler):
         cdef int rc
         self.worker.values[self.listener.http_base + HTTP_DOWNSTREAM_CX_RX_BYTES_TOTAL] += \
             PyBytes_GET_SIZE(data)
-        self.last_activity = now_s()
+        self.last_activity = now()
         self.in_read = True
         rc = self.session.feed(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         self.in_read = False
@@ -617,7 +613,7 @@ cdef class H2DownstreamConnection(H2Handler):
         b.rbuf = bytearray()
         b.transport = self.transport
         b.write = _drop
-        b.last_activity = now_s()
+        b.last_activity = now()
         self.streams[sid] = b
         v[self.listener.http_base + HTTP_DOWNSTREAM_RQ_HTTP2_TOTAL] += 1
         b._on_request_head(NULL, 0, 0)

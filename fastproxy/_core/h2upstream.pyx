@@ -34,13 +34,13 @@ from fastproxy._core.http2 cimport (
     h2_options_from_model, H2Keepalive,
 )
 from fastproxy._core.connection cimport (
+    now,
     UpstreamPool, UpstreamConnection, ClusterRuntime, Stream, Worker, set_keepalive,
     U_CONNECTING, U_HEAD, U_BODY, U_CLOSED,
 )
 from fastproxy._core.stats cimport *
 from fastproxy._core.hoststate cimport LOCAL_CONNECT_FAILED, LOCAL_CONNECT_TIMEOUT, LOCAL_RESET
 
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from libc.stdint cimport uint8_t
 from fastproxy._core.includes.nghttp2 cimport nghttp2_nv, NGHTTP2_NV_FLAG_NONE
 
@@ -91,7 +91,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
 
     cdef void send(self, object data):
         cdef Stream s = self.stream
-        self.last_activity = now_s()
+        self.last_activity = now()
         if not self.connected:
             if s is not None and s.pending_writes is not None:
                 s.pending_writes.append(data)
@@ -338,7 +338,7 @@ cdef class H2UpstreamStream(UpstreamConnection):
             # stream's (on_end)
             self.open_body = True
             head.body_kind = BODY_EOF
-        self.last_activity = now_s()
+        self.last_activity = now()
         if self.state == U_HEAD and s is not None:
             self._on_response_head(NULL, 0, 0)
         return 0
@@ -392,10 +392,6 @@ cdef inline void _nv(nghttp2_nv *nv, const char *name, size_t namelen, const cha
     nv.flags = NGHTTP2_NV_FLAG_NONE
 
 
-cdef inline double now_s() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class H2UpstreamSession(H2Handler):
@@ -466,7 +462,7 @@ cdef class H2UpstreamSession(H2Handler):
                 self.close()
             elif self.pool.idle_timeout > 0 and self.connected:
                 # one timer per idle period at most: it re-arms itself for what is left
-                self.idle_since = now_s()
+                self.idle_since = now()
                 if self.idle_timer is None:
                     self.idle_timer = self.cluster.worker.loop.call_later(
                         self.pool.idle_timeout, self._on_idle)
@@ -476,7 +472,7 @@ cdef class H2UpstreamSession(H2Handler):
         self.idle_timer = None
         if self.active or self.closed:
             return  # busy again: the next idle period arms a new timer
-        left = self.idle_since + self.pool.idle_timeout - now_s()
+        left = self.idle_since + self.pool.idle_timeout - now()
         if left > 0:
             self.idle_timer = self.cluster.worker.loop.call_later(left, self._on_idle)
             return
@@ -882,7 +878,7 @@ cdef class H2Pool(UpstreamPool):
         st.address = sess.address
         st.buf = bytearray()
         st.state = U_CONNECTING
-        st.last_activity = now_s()
+        st.last_activity = now()
         sess.bind(st)
         return st
 
