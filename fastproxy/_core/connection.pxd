@@ -240,6 +240,7 @@ cdef class DownstreamConnection:
     cdef void _stream_stats_end(self, int status)
     cdef int _local_reply(self, int status, bytes body, bint close, list extra,
                           tuple ops=*) except -1
+    cdef int _put_reply_tail(self, OutBuf *b, bint close) except -1
     cdef int _grpc_local_reply(self, int status, bytes body, bint close, list extra,
                                tuple ops) except -1
     cdef int _grpc_web_local_reply(self, int status, bytes body, bint close, list extra,
@@ -291,6 +292,10 @@ cdef class UpstreamConnection:
 
 
 cdef set_keepalive(sock, ka)
+# Open an upstream connection for `protocol`; the connect timeout's handle (or None).
+cdef object start_connect(ClusterRuntime c, object protocol, object address, object done,
+                          object timed_out)
+cdef void count_connect_failure(ClusterRuntime c, bint timeout) noexcept
 
 
 cdef class Worker:

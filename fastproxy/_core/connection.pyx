@@ -1616,13 +1616,7 @@ cdef class DownstreamConnection:
         if s.response_headers:
             # headers of the HTTP filters (x-ratelimit-*): after content-type, before date
             ob_put_headers(b, s.response_headers)
-        ob_put(b, b"date: ", 6)
-        ob_put_bytes(b, w.date())
-        ob_put(b, b"\r\nserver: ", 10)
-        ob_put_bytes(b, self.listener.server_name)
-        ob_put(b, b"\r\n", 2)
-        if close:
-            ob_put(b, b"connection: close\r\n", 19)
+        self._put_reply_tail(b, close)
         if not body and status != 204 and status != 304 and status >= 200:
             if s.is_head:
                 # Envoy's codec frames an empty HEAD answer as chunked.
@@ -1667,13 +1661,7 @@ cdef class DownstreamConnection:
             apply_ops(b, ops)
         if s.response_headers:
             ob_put_headers(b, s.response_headers)
-        ob_put(b, b"date: ", 6)
-        ob_put_bytes(b, w.date())
-        ob_put(b, b"\r\nserver: ", 10)
-        ob_put_bytes(b, self.listener.server_name)
-        ob_put(b, b"\r\n", 2)
-        if close:
-            ob_put(b, b"connection: close\r\n", 19)
+        self._put_reply_tail(b, close)
         ob_put(b, b"content-length: 0\r\n\r\n", 21)
         s.status = 200  # what the client sees (Envoy's downstream stats and logs count it)
         s.response_started = True
@@ -1714,13 +1702,7 @@ cdef class DownstreamConnection:
         if transform:
             s.grpc_web |= GW_TRANSFORM
             put_grpc_web_status(b, status, body)
-        ob_put(b, b"date: ", 6)
-        ob_put_bytes(b, w.date())
-        ob_put(b, b"\r\nserver: ", 10)
-        ob_put_bytes(b, self.listener.server_name)
-        ob_put(b, b"\r\n", 2)
-        if close:
-            ob_put(b, b"connection: close\r\n", 19)
+        self._put_reply_tail(b, close)
         if not transform and status != 204 and status != 304 and status >= 200:
             # the codec's framing of an answer without a body
             if s.is_head:
@@ -1772,6 +1754,17 @@ cdef class DownstreamConnection:
                             PyBytes_GET_SIZE(decoded))
         self._forward_upstream(chunk_frame(PyBytes_AS_STRING(decoded), PyBytes_GET_SIZE(decoded)))
         return True
+
+    cdef int _put_reply_tail(self, OutBuf *b, bint close) except -1:
+        """The date, server and (when closing) connection fields of a local reply."""
+        ob_put(b, b"date: ", 6)
+        ob_put_bytes(b, self.worker.date())
+        ob_put(b, b"\r\nserver: ", 10)
+        ob_put_bytes(b, self.listener.server_name)
+        ob_put(b, b"\r\n", 2)
+        if close:
+            ob_put(b, b"connection: close\r\n", 19)
+        return 0
 
     cdef void _write_chunk(self, bytes piece):
         """A piece of a response body the client gets chunked (downstream_chunked)."""
@@ -2620,14 +2613,8 @@ cdef class UpstreamConnection:
         v[c.base + CLUSTER_UPSTREAM_CX_TOTAL] += 1
         v[c.base + CLUSTER_UPSTREAM_CX_HTTP1_TOTAL] += 1
         v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] += 1
-        addr, port = self.address
-        task = w.loop.create_task(w.loop.create_connection(self._self_factory, addr, port))
-        task.add_done_callback(self._connect_done)
-        if c.connect_timeout > 0:
-            self.connect_timer = w.loop.call_later(c.connect_timeout, self._connect_timeout, task)
-
-    def _self_factory(self):
-        return self
+        self.connect_timer = start_connect(c, self, self.address, self._connect_done,
+                                           self._connect_timeout)
 
     def _connect_done(self, task):
         cdef ClusterRuntime c = self.cluster
@@ -2636,10 +2623,8 @@ cdef class UpstreamConnection:
             self.connect_timer = None
         if task.cancelled():
             return
-        exc = task.exception()
-        if exc is not None:
-            self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
-            self.cluster.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
+        if task.exception() is not None:
+            count_connect_failure(c, False)
             if c.state is not None:
                 c.state.report_local_failure(self.host, LOCAL_CONNECT_FAILED)
             self._connect_failed("remote connection failure")
@@ -2650,9 +2635,7 @@ cdef class UpstreamConnection:
         if self.connected:
             return
         task.cancel()
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_TIMEOUT] += 1
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
+        count_connect_failure(c, True)
         if c.state is not None:
             c.state.report_local_failure(self.host, LOCAL_CONNECT_TIMEOUT)
         self._connect_failed("connection timeout")
@@ -3181,6 +3164,31 @@ cdef class UpstreamConnection:
             if self.transport is not None:
                 self.transport.close()
         self.state = U_CLOSED
+
+
+cdef object start_connect(ClusterRuntime c, object protocol, object address, object done,
+                          object timed_out):
+    """Open a connection to an upstream `address` for `protocol` (HTTP/1.1 connection or
+    HTTP/2 session): done(task) when the attempt ends, timed_out(task) after the cluster's
+    connect_timeout.  Returns the timeout's handle, or None."""
+    loop = c.worker.loop
+    addr, port = address
+    task = loop.create_task(loop.create_connection(lambda: protocol, addr, port))
+    task.add_done_callback(done)
+    if c.connect_timeout > 0:
+        return loop.call_later(c.connect_timeout, timed_out, task)
+    return None
+
+
+cdef void count_connect_failure(ClusterRuntime c, bint timeout) noexcept:
+    """A connection attempt that failed (refused, or over connect_timeout)."""
+    cdef int64_t *v = c.worker.values
+    v[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
+    if timeout:
+        v[c.base + CLUSTER_UPSTREAM_CX_CONNECT_TIMEOUT] += 1
+        v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
+    else:
+        v[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
 
 
 cdef set_keepalive(sock, ka):

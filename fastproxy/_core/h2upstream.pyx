@@ -36,6 +36,7 @@ from fastproxy._core.http2 cimport (
 from fastproxy._core.connection cimport (
     now,
     UpstreamPool, UpstreamConnection, ClusterRuntime, Stream, Worker, set_keepalive,
+    start_connect, count_connect_failure,
     U_CONNECTING, U_HEAD, U_BODY, U_CLOSED,
 )
 from fastproxy._core.stats cimport *
@@ -544,14 +545,8 @@ cdef class H2UpstreamSession(H2Handler):
         v[c.base + CLUSTER_UPSTREAM_CX_TOTAL] += 1
         v[c.base + CLUSTER_UPSTREAM_CX_HTTP2_TOTAL] += 1
         v[c.base + CLUSTER_UPSTREAM_CX_ACTIVE] += 1
-        addr, port = self.address
-        task = w.loop.create_task(w.loop.create_connection(self._self_factory, addr, port))
-        task.add_done_callback(self._connect_done)
-        if c.connect_timeout > 0:
-            self.connect_timer = w.loop.call_later(c.connect_timeout, self._connect_timeout, task)
-
-    def _self_factory(self):
-        return self
+        self.connect_timer = start_connect(c, self, self.address, self._connect_done,
+                                           self._connect_timeout)
 
     def _connect_done(self, task):
         cdef ClusterRuntime c = self.cluster
@@ -561,8 +556,7 @@ cdef class H2UpstreamSession(H2Handler):
         if task.cancelled():
             return
         if task.exception() is not None:
-            c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
-            c.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_REMOTE] += 1
+            count_connect_failure(c, False)
             self._gone("remote connection failure", LOCAL_CONNECT_FAILED)
 
     def _connect_timeout(self, task):
@@ -571,9 +565,7 @@ cdef class H2UpstreamSession(H2Handler):
         if self.connected:
             return
         task.cancel()
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_TIMEOUT] += 1
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_CONNECT_FAIL] += 1
-        c.worker.values[c.base + CLUSTER_UPSTREAM_CX_DESTROY_LOCAL] += 1
+        count_connect_failure(c, True)
         self._gone("connection timeout", LOCAL_CONNECT_TIMEOUT)
 
     cdef void _gone(self, str reason, int local_failure):

@@ -1178,6 +1178,9 @@ def bench_exchange(int n, int streams_per_round=1, bytes body=b"hello world!"):
     return elapsed / n
 
 
+from random import random as _random
+
+
 cdef H2Options h2_options_from_model(m):
     """H2Options from a config model Http2Options (None: Envoy's defaults)."""
     cdef H2Options o
@@ -1213,8 +1216,7 @@ cdef class H2Keepalive:
         self._schedule()
 
     cdef void _schedule(self):
-        import random
-        self.timer = self.loop.call_later(self.interval * (1.0 + 0.15 * random.random()),
+        self.timer = self.loop.call_later(self.interval * (1.0 + 0.15 * _random()),
                                           self._ping)
 
     def _ping(self):

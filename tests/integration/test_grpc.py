@@ -29,6 +29,7 @@ from helpers.grpc_peers import (  # noqa: E402
     grpc_frame,
     grpc_unframe,
 )
+from helpers.grpc_fixtures import start_proxy  # noqa: E402,F401 (a fixture)
 
 CURL = shutil.which("curl")
 T = 10  # seconds: the timeout of every gRPC call unless a test says otherwise
@@ -45,13 +46,6 @@ HTTP2_UPSTREAM = {
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(params=["fastproxy", pytest.param("envoy", marks=pytest.mark.parity)])
-def start_proxy(request):
-    """start_proxy(config) -> a running proxy (fastproxy, or Envoy for the reference run)."""
-    return request.getfixturevalue("fastproxy_factory" if request.param == "fastproxy"
-                                   else "envoy_factory")
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ import pytest
 grpc = pytest.importorskip("grpc")
 
 from helpers import Origin, free_port, make_bootstrap, raw_request  # noqa: E402
-from helpers.grpc_peers import GrpcClient, GrpcEchoServer, grpc_frame  # noqa: E402
+from helpers.grpc_peers import GrpcClient, grpc_frame  # noqa: E402
+from helpers.grpc_fixtures import server, start_proxy  # noqa: E402,F401 (fixtures)
 
 T = 10  # seconds: the timeout of every gRPC call unless a test says otherwise
 SERVICE = "fp.test.Echo"
@@ -71,19 +72,6 @@ def grpc_stats_filter(**config) -> dict:
 
 
 # --------------------------------------------------------------------------- fixtures, config
-
-
-@pytest.fixture(params=["fastproxy", pytest.param("envoy", marks=pytest.mark.parity)])
-def start_proxy(request):
-    """start_proxy(config) -> a running proxy (fastproxy, or Envoy for the reference run)."""
-    return request.getfixturevalue("fastproxy_factory" if request.param == "fastproxy"
-                                   else "envoy_factory")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with GrpcEchoServer(max_workers=64) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

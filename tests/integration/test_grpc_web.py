@@ -42,7 +42,8 @@ import pytest
 grpc = pytest.importorskip("grpc")
 
 from helpers import Origin, free_port, make_bootstrap, parse_response, raw_request  # noqa: E402
-from helpers.grpc_peers import GrpcEchoServer, grpc_frame  # noqa: E402
+from helpers.grpc_peers import grpc_frame  # noqa: E402
+from helpers.grpc_fixtures import server, start_proxy  # noqa: E402,F401 (fixtures)
 
 CURL = shutil.which("curl")
 NGHTTP = shutil.which("nghttp")
@@ -70,19 +71,6 @@ CONNECT_FAILURE = ("upstream connect error or disconnect/reset before headers. "
 
 
 # --------------------------------------------------------------------------- fixtures, config
-
-
-@pytest.fixture(params=["fastproxy", pytest.param("envoy", marks=pytest.mark.parity)])
-def start_proxy(request):
-    """start_proxy(config) -> a running proxy (fastproxy, or Envoy for the reference run)."""
-    return request.getfixturevalue("fastproxy_factory" if request.param == "fastproxy"
-                                   else "envoy_factory")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with GrpcEchoServer(max_workers=64) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
